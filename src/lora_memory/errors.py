@@ -1,0 +1,42 @@
+"""The exceptions lora-memory raises.
+
+Every error a user can trigger with bad input derives from :class:`LoRAMemoryError`,
+so ``except LoRAMemoryError`` catches all of them and nothing else.
+"""
+
+from __future__ import annotations
+
+
+class LoRAMemoryError(Exception):
+    """Base class of every lora-memory error."""
+
+
+class ModelNotFoundError(LoRAMemoryError):
+    """The base model (or the embedded model package) cannot be found."""
+
+
+class EmptyDocumentError(LoRAMemoryError, ValueError):
+    """A document has no text (empty, whitespace only, or a PDF without a text layer)."""
+
+
+class UnsupportedDocumentError(LoRAMemoryError, ValueError):
+    """A document cannot be read: binary data, undecodable text, a corrupt or encrypted PDF."""
+
+
+class DocumentNotFoundError(LoRAMemoryError, KeyError):
+    """A path or a document id does not exist."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class IncompatibleAdapterError(LoRAMemoryError, ValueError):
+    """An adapter or hypernetwork does not fit the base model it is used with."""
+
+
+class CorruptEntryError(LoRAMemoryError):
+    """A stored file (cache entry, checkpoint, manifest) fails its integrity check."""
+
+
+class CollectionError(LoRAMemoryError):
+    """A collection cannot be opened, locked or written."""

@@ -1,0 +1,111 @@
+"""Configuration of the Doc-to-LoRA hypernetwork.
+
+One pydantic model holds every choice the training experiments vary: which
+trunk (direct attention pooling or a Perceiver), which base-model activations
+feed it, which layers get LoRA, and the heads' shape. It is saved as JSON next to
+the safetensors weights (``save_pretrained``), with the base model's fingerprint
+and dimensions so loading against another model fails loudly.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+logger = logging.getLogger(__name__)
+
+CONFIG_VERSION = 1
+
+
+class HypernetConfig(BaseModel):
+    """Doc-to-LoRA hypernetwork configuration.
+
+    The ``base_*`` fields are filled from the base model by
+    :meth:`lora_memory.hypernet.DocToLoRA.for_base_model`; the rest are choices.
+    """
+
+    trunk: Literal["pooling", "perceiver"] = Field("pooling", description="Direct attention pooling, or a Perceiver.")
+    target_module: str = Field("mlp.down_proj", description="Name suffix of the LoRA target inside each layer.")
+    target_layers: list[int] | None = Field(None, description="Layers that get LoRA; None means all.")
+    rank: int = Field(8, ge=1, description="LoRA rank per chunk.")
+    lora_scaling: float | None = Field(None, description="Output scaling; None means D2L's 2*r**1.5 / r.")
+    input_layer: int | None = Field(
+        8, description="hidden_states index feeding every target layer (early exit); None = each layer's own input."
+    )
+    max_chunk_tokens: int = Field(256, ge=8, description="Longest chunk the hypernetwork encodes in one pass.")
+    chat_wrap: bool = Field(True, description="Wrap each chunk as a user chat turn before encoding it.")
+
+    # pooling trunk
+    key_dim: int = Field(64, ge=1, description="Dimension of the pooling keys and queries.")
+    # perceiver trunk
+    latent_dim: int = Field(256, ge=8, description="Perceiver latent size.")
+    n_latents: int = Field(16, ge=1, description="Learned latent queries.")
+    n_blocks: int = Field(2, ge=1, description="Encoder cross-attention blocks.")
+    n_heads: int = Field(4, ge=1, description="Attention heads in the Perceiver.")
+    # heads
+    head_rank: int | None = Field(64, description="Rank of the per-layer maps to A/B rows; None = full maps.")
+    l2_normalize: bool = Field(False, description="L2-normalise the trunk output before the heads (D2L).")
+    head_init: Literal["zero_map", "zero_b_scaler"] = Field(
+        "zero_map", description="zero_map: maps start at 0 (pooling); zero_b_scaler: B scalers start at 0 (D2L)."
+    )
+
+    # discovered from the base model
+    base_fingerprint: str | None = None
+    base_name: str | None = None
+    base_hidden_size: int | None = None
+    base_num_layers: int | None = None
+    layers_prefix: str | None = Field(None, description="Qualified name of the decoder layer list.")
+    module_d_in: int | None = None
+    module_d_out: int | None = None
+    config_version: int = CONFIG_VERSION
+
+    model_config = {"extra": "ignore"}
+
+    @model_validator(mode="after")
+    def _check(self) -> HypernetConfig:
+        if self.trunk == "perceiver" and self.latent_dim % self.n_heads:
+            raise ValueError(f"latent_dim ({self.latent_dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.base_num_layers is not None:
+            if self.input_layer is not None and not 0 <= self.input_layer <= self.base_num_layers:
+                raise ValueError(f"input_layer must be in 0..{self.base_num_layers}, got {self.input_layer}")
+            bad = [i for i in self.target_layers or [] if not 0 <= i < self.base_num_layers]
+            if bad:
+                raise ValueError(f"target_layers {bad} out of range for {self.base_num_layers} layers")
+        return self
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_scaling if self.lora_scaling is not None else 2 * self.rank**1.5 / self.rank
+
+    @property
+    def layers(self) -> list[int]:
+        if self.target_layers is not None:
+            return list(self.target_layers)
+        if self.base_num_layers is None:
+            raise ValueError("target layers unknown until the config is bound to a base model")
+        return list(range(self.base_num_layers))
+
+    def module_name(self, layer: int) -> str:
+        """Full name of the target module in ``layer``."""
+        return f"{self.layers_prefix}.{layer}.{self.target_module}"
+
+    @property
+    def encoder_depth(self) -> int:
+        """How many base-model layers the encoder pass must run."""
+        if self.input_layer is not None:
+            return self.input_layer
+        return max(self.layers)  # hidden_states[i] is the input of layer i
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HypernetConfig:
+        """Build from a saved dict, dropping (with a warning) keys a newer version added."""
+        unknown = set(data) - set(cls.model_fields)
+        if unknown:
+            logger.warning("ignoring unknown hypernetwork config keys: %s", sorted(unknown))
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+

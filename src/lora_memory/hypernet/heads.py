@@ -1,0 +1,65 @@
+"""Heads: from trunk vectors to rows of A and columns of B, per target layer.
+
+For layer l and rank row j:
+    A[l, j] = bias_A[l, j] + scale_A[l, j] * map_A_l(z_A[l, j])   (d_in,)
+    B[:, j] = bias_B[l, j] + scale_B[l, j] * map_B_l(z_B[l, j])   (d_out,)
+Maps are per layer, optionally low rank (H -> head_rank -> d) to keep the
+checkpoint small. ``bias_B`` starts at zero and either the maps' second factor
+(``zero_map``) or ``scale_B`` (``zero_b_scaler``, as in D2L) starts at zero, so
+the generated adapter is a no-op at initialisation. The bias rows carry the
+document-independent part of every adapter (D2L's "bias LoRA").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import HypernetConfig
+
+
+class _LayerMaps(nn.Module):
+    """Per-layer linear maps (L, r, D) -> (L, r, d), full or factored through ``rank``."""
+
+    def __init__(self, n_layers: int, d_in: int, d_out: int, rank: int | None, zero: bool):
+        super().__init__()
+        if rank is None:
+            self.first = None
+            self.second = nn.Parameter(torch.randn(n_layers, d_in, d_out) / math.sqrt(d_in))
+        else:
+            self.first = nn.Parameter(torch.randn(n_layers, d_in, rank) / math.sqrt(d_in))
+            self.second = nn.Parameter(torch.randn(n_layers, rank, d_out) / math.sqrt(rank))
+        if zero:
+            nn.init.zeros_(self.second)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (N, L, r, D)
+        if self.first is not None:
+            z = torch.einsum("nlrd,ldk->nlrk", z, self.first)
+        return torch.einsum("nlrk,lke->nlre", z, self.second)
+
+
+class LoRAHeads(nn.Module):
+    """Turns trunk output (N, L, 2, r, D) into A (N, L, r, d_in) and B (N, L, d_out, r)."""
+
+    def __init__(self, config: HypernetConfig, trunk_dim: int):
+        super().__init__()
+        L, r = len(config.layers), config.rank
+        d_in, d_out = config.module_d_in, config.module_d_out
+        zero_map = config.head_init == "zero_map"
+        self.l2 = config.l2_normalize
+        self.map_a = _LayerMaps(L, trunk_dim, d_in, config.head_rank, zero=zero_map)
+        self.map_b = _LayerMaps(L, trunk_dim, d_out, config.head_rank, zero=zero_map)
+        self.bias_a = nn.Parameter(torch.randn(L, r, d_in) / math.sqrt(d_in))
+        self.bias_b = nn.Parameter(torch.zeros(L, r, d_out))
+        self.scale_a = nn.Parameter(torch.ones(L, r, 1))
+        self.scale_b = nn.Parameter(torch.ones(L, r, 1) if zero_map else torch.zeros(L, r, 1))
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.l2:
+            z = F.normalize(z, dim=-1)
+        a = self.bias_a + self.scale_a * self.map_a(z[:, :, 0])  # (N, L, r, d_in)
+        b = self.bias_b + self.scale_b * self.map_b(z[:, :, 1])  # (N, L, r, d_out)
+        return a, b.transpose(-1, -2)  # B is (d_out, r) per layer

@@ -1,0 +1,184 @@
+"""The Doc-to-LoRA hypernetwork: document tokens -> LoRA adapter in one forward pass.
+
+Flow: the frozen base model encodes a chunk (wrapped as a user chat turn) up to
+``config.encoder_depth`` layers only (early exit: the rest of the model is never
+run); the trunk turns the token states into one vector per (layer, A|B, rank
+row); the heads turn those into A and B. Chunks of a long document are encoded
+in batches and their adapters concatenated along the rank axis.
+
+Example:
+    >>> base = load_base_model()  # doctest: +SKIP
+    >>> hypernet = DocToLoRA.from_pretrained(DEFAULT_CHECKPOINT, base=base)  # doctest: +SKIP
+    >>> adapter = hypernet.internalize(base, open("notes.txt").read())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..adapter import LoRAAdapter, LoRAWeights
+from ..base import BaseModel
+from ..chunking import Chunk, chunk_text
+from ..errors import CorruptEntryError, IncompatibleAdapterError
+from .config import HypernetConfig
+from .encoding import encode_chunks
+from .heads import LoRAHeads
+from .targets import decoder_layers, find_targets
+from .trunks import build_trunk
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class DocToLoRA(nn.Module):
+    """Generates a LoRA adapter for the base model from a document's activations."""
+
+    def __init__(self, config: HypernetConfig):
+        super().__init__()
+        if config.base_hidden_size is None or config.module_d_in is None:
+            raise ValueError("config is not bound to a base model; use DocToLoRA.for_base_model")
+        self.config = config
+        self.trunk = build_trunk(config)
+        self.heads = LoRAHeads(config, self.trunk.out_dim)
+        self._fingerprint: str | None = None
+
+    # -------------------------------------------------------------- building
+    @classmethod
+    def for_base_model(cls, base: BaseModel, config: HypernetConfig | None = None, **overrides: Any) -> DocToLoRA:
+        """A freshly initialised hypernetwork sized for ``base`` (dimensions discovered, not hard-coded)."""
+        config = (config or HypernetConfig()).model_copy(update=overrides)
+        model = base.model
+        prefix, stack = decoder_layers(model)
+        n_layers = len(stack)
+        layers = config.target_layers if config.target_layers is not None else list(range(n_layers))
+        targets = find_targets(model, config.target_module, layers)
+        dims = {(t.d_in, t.d_out) for t in targets}
+        if len(dims) != 1:
+            raise IncompatibleAdapterError(f"target modules differ in shape across layers: {dims}")
+        (d_in, d_out), = dims
+        bound = HypernetConfig(**{
+            **config.model_dump(),
+            "target_layers": layers,
+            "base_fingerprint": base.fingerprint,
+            "base_name": base.name,
+            "base_hidden_size": model.config.hidden_size,
+            "base_num_layers": n_layers,
+            "layers_prefix": prefix,
+            "module_d_in": d_in,
+            "module_d_out": d_out,
+        })
+        return cls(bound)
+
+    # ------------------------------------------------------------- forward
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> LoRAAdapter:
+        """Token states (N, S, T, H) and mask (N, T) -> a batched adapter with N rows."""
+        dtype = next(self.parameters()).dtype
+        z = self.trunk(states.to(dtype), mask)  # (N, L, 2, r, D)
+        a, b = self.heads(z)  # (N, L, r, d_in), (N, L, d_out, r)
+        weights = {self.config.module_name(layer): LoRAWeights(a[:, i], b[:, i])
+                   for i, layer in enumerate(self.config.layers)}
+        return LoRAAdapter(weights, self.config.scaling, self._metadata())
+
+    def encode(self, base: BaseModel, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base-model token states (N, S, T, H) and mask (N, T) for chunks given as token ids."""
+        self.check_base(base)
+        return encode_chunks(base, token_ids, self.config)
+
+    def adapters_for_chunks(self, base: BaseModel, chunks: list[Chunk], batch_size: int = 8,
+                            progress: bool = False) -> list[LoRAAdapter]:
+        """One unbatched adapter per chunk, encoded ``batch_size`` chunks at a time."""
+        out: list[LoRAAdapter] = []
+        batches = range(0, len(chunks), batch_size)
+        for start in tqdm(batches, desc="internalizing", unit="batch", disable=not progress or len(batches) < 2):
+            group = chunks[start:start + batch_size]
+            with torch.inference_mode():
+                states, mask = self.encode(base, [c.token_ids for c in group])
+                adapter = self(states, mask)
+            for chunk, single in zip(group, adapter.unbatch()):
+                single.metadata = {**single.metadata, "chunk_index": chunk.index}
+                out.append(single)
+        return out
+
+    def internalize(self, base: BaseModel, text: str, batch_size: int = 8, progress: bool = False) -> LoRAAdapter:
+        """Turn a document into one adapter: chunk, encode, concatenate the chunks' adapters along rank.
+
+        Raises:
+            EmptyDocumentError: the text is empty.
+            IncompatibleAdapterError: this hypernetwork was trained for another base model.
+        """
+        chunks = chunk_text(base.tokenizer, text, self.config.max_chunk_tokens)
+        parts = self.adapters_for_chunks(base, chunks, batch_size=batch_size, progress=progress)
+        return LoRAAdapter.concat(parts, metadata={**self._metadata(), "n_chunks": len(chunks)})
+
+    # ----------------------------------------------------------- identity
+    def check_base(self, base: BaseModel) -> None:
+        """Raise :class:`IncompatibleAdapterError` unless ``base`` is the model this was built for."""
+        want = self.config.base_fingerprint
+        if want is not None and want != base.fingerprint:
+            raise IncompatibleAdapterError(
+                f"this hypernetwork was built for base model {self.config.base_name!r} (fingerprint {want}), "
+                f"not {base.name!r} (fingerprint {base.fingerprint})"
+            )
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the config and weights; part of every adapter cache key."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            for name, tensor in sorted(self.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().float().cpu().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def invalidate_fingerprint(self) -> None:
+        """Forget the cached fingerprint (call after changing the weights, as training does)."""
+        self._fingerprint = None
+
+    def _metadata(self) -> dict[str, Any]:
+        return {"base_model": self.config.base_name, "base_fingerprint": self.config.base_fingerprint}
+
+    # ---------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (no pickles)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        (directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, base: BaseModel | None = None,
+                        device: str | torch.device = "cpu") -> DocToLoRA:
+        """Load a saved hypernetwork; with ``base`` given, check it was built for that model.
+
+        Raises:
+            FileNotFoundError: the directory or a file is missing.
+            CorruptEntryError: the files cannot be parsed or do not fit the config.
+            IncompatibleAdapterError: ``base`` is not the model it was built for.
+        """
+        directory = Path(directory)
+        try:
+            config = HypernetConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
+            tensors = load_file(str(directory / WEIGHTS_NAME), device=str(device))
+        except (json.JSONDecodeError, SafetensorError, ValueError) as exc:
+            raise CorruptEntryError(f"cannot read hypernetwork in {directory}: {exc}") from exc
+        model = cls(config)
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            raise CorruptEntryError(f"hypernetwork weights in {directory} do not fit its config: {exc}") from exc
+        model.to(device).eval()
+        if base is not None:
+            model.check_base(base)
+        return model
