@@ -98,6 +98,11 @@ class LoRAAdapter:
                  for k, w in self.weights.items()}
         return LoRAAdapter(moved, self.scaling, dict(self.metadata))
 
+    def select(self, index: torch.Tensor) -> LoRAAdapter:
+        """Rows ``index`` of a batched adapter (gradients flow through the indexing)."""
+        picked = {k: LoRAWeights(w.A[index], w.B[index]) for k, w in self.weights.items()}
+        return LoRAAdapter(picked, self.scaling, dict(self.metadata))
+
     def unbatch(self) -> list[LoRAAdapter]:
         """Split a batched adapter into one adapter per batch row."""
         if not self.batched:

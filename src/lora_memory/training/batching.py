@@ -1,0 +1,93 @@
+"""Turning examples into tensors: chunk batches for the hypernetwork, student batches for the base model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..adapter import LoRAAdapter, LoRAWeights
+from ..chunking import chunk_text
+from ..generation import encode_chat
+from .data import Example
+
+
+def chunk_examples(tokenizer: PreTrainedTokenizerBase, examples: list[Example], max_tokens: int
+                   ) -> tuple[list[list[int]], list[list[int]]]:
+    """Every example's chunks as token ids, and for each example the indices of its chunks."""
+    token_ids, groups = [], []
+    for ex in examples:
+        chunks = chunk_text(tokenizer, ex.document, max_tokens)
+        groups.append(list(range(len(token_ids), len(token_ids) + len(chunks))))
+        token_ids.extend(c.token_ids for c in chunks)
+    return token_ids, groups
+
+
+def compose_rows(adapter: LoRAAdapter, groups: list[list[int]]) -> LoRAAdapter:
+    """Per-chunk batched adapter -> per-example batched adapter (chunks concatenated along rank).
+
+    Examples with fewer chunks are padded with zero rank rows, which add nothing.
+    """
+    if all(len(g) == 1 for g in groups):
+        idx = torch.tensor([g[0] for g in groups])
+        return adapter.select(idx)
+    k = max(len(g) for g in groups)
+    out = {}
+    for name, w in adapter.weights.items():
+        C, r, d_in = w.A.shape
+        pad_a = w.A.new_zeros(1, r, d_in)
+        pad_b = w.B.new_zeros(1, w.B.shape[1], r)
+        a_all, b_all = torch.cat([w.A, pad_a]), torch.cat([w.B, pad_b])  # index C is the zero pad
+        idx = torch.tensor([g + [C] * (k - len(g)) for g in groups])  # (N, k)
+        a = a_all[idx].reshape(len(groups), k * r, d_in)  # (N, k*r, d_in)
+        b = b_all[idx].permute(0, 2, 1, 3).reshape(len(groups), -1, k * r)  # (N, d_out, k*r)
+        out[name] = LoRAWeights(a, b)
+    return LoRAAdapter(out, adapter.scaling, dict(adapter.metadata))
+
+
+@dataclass
+class StudentBatch:
+    """Question-only prompts followed by answers; ``labels`` is -100 outside the answers."""
+
+    input_ids: torch.Tensor  # (M, T)
+    attention_mask: torch.Tensor  # (M, T)
+    labels: torch.Tensor  # (M, T)
+    row_example: torch.Tensor  # (M,) which example (adapter row) each row belongs to
+
+
+def student_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict[str, str]] | str],
+                  answers: list[list[int]], row_example: list[int]) -> StudentBatch:
+    """Right-padded batch of ``chat(prompt) + answer`` with loss on the answer tokens only."""
+    rows, labels = [], []
+    for prompt, answer in zip(prompts, answers):
+        p = encode_chat(tokenizer, prompt)[0].tolist()
+        rows.append(p + answer)
+        labels.append([-100] * len(p) + answer)
+    T = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id or 0
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    lab = torch.full((len(rows), T), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, (r, l) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(l)] = torch.tensor(l)
+        mask[i, : len(r)] = 1
+    return StudentBatch(ids, mask, lab, torch.tensor(row_example))
+
+
+def answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
+    """The answer's tokens followed by end-of-turn, which the student must also learn to emit."""
+    return tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+
+
+def qa_batch(tokenizer: PreTrainedTokenizerBase, examples: list[Example], questions_per_example: int | None = None
+             ) -> StudentBatch:
+    """One student row per (example, question) with the true answer as the target."""
+    prompts, answers, owner = [], [], []
+    for i, ex in enumerate(examples):
+        for qa in ex.qa[:questions_per_example]:
+            prompts.append(qa.question)
+            answers.append(answer_ids(tokenizer, qa.answer))
+            owner.append(i)
+    return student_batch(tokenizer, prompts, answers, owner)

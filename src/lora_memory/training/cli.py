@@ -1,0 +1,55 @@
+"""``lora-memory train`` and ``lora-memory eval``: argument parsing only; the work is in the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..base import load_base_model
+from ..hypernet import DocToLoRA
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="Training config JSON (see configs/).")
+    parser.add_argument("--max-steps", type=int, default=None, help="Stop after this many more steps (resumable).")
+    parser.add_argument("--out-dir", default=None, help="Override the config's out_dir.")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .trainer import FINAL_DIR, Trainer
+
+    config = TrainConfig.from_file(args.config)
+    if args.out_dir:
+        config = config.model_copy(update={"out_dir": args.out_dir})
+    trainer = Trainer(config)
+    trainer.run(max_steps=args.max_steps)
+    done = trainer.step >= config.total_steps
+    where = Path(config.out_dir) / (FINAL_DIR if done else "checkpoint")
+    print(f"{'finished' if done else 'paused'} at step {trainer.step}/{config.total_steps}: {where}", file=sys.stderr)
+    return 0
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hypernet", default=None, help="Hypernetwork directory (default: the shipped one).")
+    parser.add_argument("--quick", action="store_true", help="Fewer, shorter documents (a smoke run).")
+    parser.add_argument("--output", type=Path, default=None, help="Also write the markdown table here.")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..hypernet import default_hypernet_dir
+    from .evaluate import EvalConfig, evaluate_hypernet
+
+    base = load_base_model(getattr(args, "base_model", None) or "embedded")
+    path = args.hypernet or default_hypernet_dir()
+    hypernet = DocToLoRA.from_pretrained(path, base=base, device=base.device)
+    config = EvalConfig(needle_lengths=[256, 1024], needle_depths=[0.5], needle_per_cell=2,
+                        facts_documents=4) if args.quick else EvalConfig()
+    report = evaluate_hypernet(hypernet, base, config)
+    table = report.to_markdown()
+    print(table)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(f"<!-- lora-memory eval --hypernet {path} -->\n{table}\n")
+    return 0

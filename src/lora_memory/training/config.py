@@ -1,0 +1,78 @@
+"""Training configuration: one JSON file describes a whole run (``lora-memory train --config FILE``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class TaskSpec(BaseModel):
+    """One data family in a stage's mix, with its generator parameters (see ``training.data``)."""
+
+    kind: Literal["needle", "facts"]
+    weight: float = Field(1.0, gt=0, description="Relative sampling weight within the stage.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the generator.")
+
+
+class Stage(BaseModel):
+    """A curriculum stage: a data mix trained for ``steps`` steps."""
+
+    name: str
+    steps: int = Field(..., ge=1)
+    tasks: list[TaskSpec]
+    batch_size: int = Field(8, ge=1, description="Documents per step.")
+
+
+class TrainConfig(BaseModel):
+    """Everything a run needs; saved beside its checkpoints so a run can be resumed or audited."""
+
+    base_model: str = Field("embedded", description="Base model id/path, or 'embedded'.")
+    hypernet: dict[str, Any] = Field(default_factory=dict, description="HypernetConfig overrides.")
+    init_from: str | None = Field(None, description="Start from this saved hypernetwork instead of random init.")
+    stages: list[Stage]
+    objective: Literal["answer_ce", "distill"] = Field(
+        "answer_ce", description="answer_ce: CE on the known answers; distill: match the in-context teacher."
+    )
+    distill_top_k: int = Field(16, ge=1, description="Teacher log-probabilities kept per token.")
+    lr: float = Field(1e-3, gt=0)
+    lr_multipliers: dict[str, float] = Field(
+        default_factory=lambda: {"trunk.": 3.0}, description="Parameter-name prefix -> multiplier of lr."
+    )
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    l1_weight: float = Field(0.0, ge=0, description="L1 penalty on generated A and B (D2L uses 0.1).")
+    seed: int = 0
+    out_dir: str = Field("runs/d2l", description="Checkpoints, logs and the final hypernetwork.")
+    checkpoint_every: int = Field(50, ge=1)
+    eval_every: int = Field(50, ge=1)
+    eval_examples: int = Field(32, ge=1)
+    threads: int | None = Field(None, description="torch threads; None keeps torch's default.")
+    dtype: str = Field("auto", description="Base model dtype.")
+    device: str = Field("auto")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if not self.stages:
+            raise ValueError("stages: at least one stage is required")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def stage_at(self, step: int) -> Stage:
+        """The stage that step ``step`` (0-based) belongs to."""
+        for stage in self.stages:
+            if step < stage.steps:
+                return stage
+            step -= stage.steps
+        return self.stages[-1]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        return cls.model_validate(json.loads(Path(path).read_text()))

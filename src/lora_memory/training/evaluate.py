@@ -1,0 +1,152 @@
+"""Held-out evaluation of a Doc-to-LoRA hypernetwork (``lora-memory eval``).
+
+All answers come from greedy generation, never teacher forcing:
+
+- needle in a haystack at several lengths (multiples of the chunk length, and
+  past the base model's context window) and depths: internalized answers;
+- fictional-fact QA: internalized vs in-context (document in the prompt) vs
+  closed-book (neither);
+- the collapse diagnostics: cosine and spread between different documents' adapters.
+
+Scoring: ``exact`` is a normalised string match (case, surrounding spaces and
+punctuation ignored); ``contains`` accepts an answer embedded in a sentence, which
+is fairer to the in-context baseline that tends to answer in full sentences.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel as PydanticModel
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from ..adapter import LoRAAdapter, LoRAWeights
+from ..base import BaseModel
+from ..generation import GenerationConfig, generate
+from ..hypernet import DocToLoRA
+from .data import Example, facts_example, needle_example
+from .diagnostics import adapter_spread
+from .teacher import in_context_prompt
+
+_EDGE = re.compile(r"^[\W_]+|[\W_]+$")
+
+
+def normalize(text: str) -> str:
+    return _EDGE.sub("", text.strip().casefold())
+
+
+def exact_match(prediction: str, answer: str) -> bool:
+    return normalize(prediction) == normalize(answer)
+
+
+def contains(prediction: str, answer: str) -> bool:
+    return normalize(answer) in prediction.casefold()
+
+
+class EvalConfig(PydanticModel):
+    """What to evaluate; defaults give the table in docs/training.md."""
+
+    needle_lengths: list[int] = Field(default_factory=lambda: [256, 1024, 2048, 4096, 16384, 32768],
+                                      description="Haystack lengths in tokens.")
+    needle_depths: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    needle_per_cell: int = Field(2, ge=1, description="Documents per (length, depth) cell.")
+    facts_documents: int = Field(40, ge=1)
+    seed: int = 1234
+    max_new_tokens: int = 24
+
+
+@dataclass
+class EvalReport:
+    needle: dict[int, dict[str, float]] = field(default_factory=dict)  # length -> metrics
+    facts: dict[str, dict[str, float]] = field(default_factory=dict)  # setting -> metrics
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        lines = ["### Needle in a haystack (internalized, greedy generation)", "",
+                 "| tokens | exact | contains | documents |", "|---:|---:|---:|---:|"]
+        for length, m in sorted(self.needle.items()):
+            lines.append(f"| {length} | {m['exact']:.2f} | {m['contains']:.2f} | {m['n']:.0f} |")
+        lines += ["", "### Fictional-fact QA (held-out entities)", "",
+                  "| setting | exact | contains | questions |", "|---|---:|---:|---:|"]
+        for setting, m in self.facts.items():
+            lines.append(f"| {setting} | {m['exact']:.2f} | {m['contains']:.2f} | {m['n']:.0f} |")
+        lines += ["", "### Collapse diagnostics (facts documents)", ""]
+        lines += [f"- {k}: {v:.4f}" for k, v in self.diagnostics.items()]
+        lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())]
+        return "\n".join(lines)
+
+
+def _answer(base: BaseModel, prompt: str, adapter, max_new_tokens: int) -> str:
+    return generate(base.model, base.tokenizer, prompt, adapter=adapter,
+                    config=GenerationConfig(max_new_tokens=max_new_tokens)).text
+
+
+def _score(pairs: list[tuple[str, str]]) -> dict[str, float]:
+    n = len(pairs)
+    return {"exact": sum(exact_match(p, a) for p, a in pairs) / n,
+            "contains": sum(contains(p, a) for p, a in pairs) / n, "n": float(n)}
+
+
+@torch.no_grad()
+def evaluate_needle(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, progress: bool = True
+                    ) -> dict[int, dict[str, float]]:
+    rng = random.Random(config.seed)
+    out = {}
+    cells = [(n, d) for n in config.needle_lengths for d in config.needle_depths]
+    results: dict[int, list[tuple[str, str]]] = {}
+    for length, depth in tqdm(cells, desc="needle", disable=not progress):
+        for _ in range(config.needle_per_cell):
+            ex = needle_example(rng, "heldout", length, length, kinds=("number",), depth=depth)
+            adapter = hypernet.internalize(base, ex.document)
+            qa = ex.qa[0]
+            results.setdefault(length, []).append((_answer(base, qa.question, adapter, config.max_new_tokens),
+                                                   qa.answer))
+    for length, pairs in results.items():
+        out[length] = _score(pairs)
+    return out
+
+
+@torch.no_grad()
+def evaluate_facts(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, progress: bool = True
+                   ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    rng = random.Random(config.seed + 1)
+    examples: list[Example] = [facts_example(rng, "heldout") for _ in range(config.facts_documents)]
+    settings: dict[str, list[tuple[str, str]]] = {"internalized": [], "in-context": [], "closed-book": []}
+    adapters = []
+    for ex in tqdm(examples, desc="facts", disable=not progress):
+        adapter = hypernet.internalize(base, ex.document)
+        adapters.append(adapter)
+        for qa in ex.qa:
+            settings["internalized"].append((_answer(base, qa.question, adapter, config.max_new_tokens), qa.answer))
+            settings["in-context"].append(
+                (_answer(base, in_context_prompt(ex.document, qa.question), None, config.max_new_tokens), qa.answer))
+            settings["closed-book"].append((_answer(base, qa.question, None, config.max_new_tokens), qa.answer))
+    batched = [_stack_rows(adapters)]
+    return {k: _score(v) for k, v in settings.items()}, adapter_spread(batched)
+
+
+def _stack_rows(adapters: list[LoRAAdapter]) -> LoRAAdapter:
+    """Single-chunk adapters -> one batched adapter, for the diagnostics."""
+    names = adapters[0].weights
+    return LoRAAdapter({k: LoRAWeights(torch.stack([a.weights[k].A for a in adapters]),
+                                       torch.stack([a.weights[k].B for a in adapters])) for k in names})
+
+
+def evaluate_hypernet(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig | None = None,
+                      progress: bool = True) -> EvalReport:
+    """Run the whole held-out evaluation."""
+    config = config or EvalConfig()
+    hypernet.eval()
+    report = EvalReport()
+    t0 = time.perf_counter()
+    report.needle = evaluate_needle(hypernet, base, config, progress)
+    t1 = time.perf_counter()
+    report.facts, report.diagnostics = evaluate_facts(hypernet, base, config, progress)
+    report.seconds = {"needle": t1 - t0, "facts": time.perf_counter() - t1}
+    return report

@@ -1,0 +1,90 @@
+"""Losses for training a hypernetwork through the frozen base model.
+
+- :func:`answer_loss`: cross-entropy of the student (base model + generated
+  adapter, no document in the prompt) on known answer tokens. For synthetic data
+  the true answers are known, so the student can be trained on them directly.
+- :func:`distill_loss`: context distillation: match the in-context teacher's
+  top-k distribution on the teacher's own response tokens (D2L's objective).
+- :func:`l1_penalty`: the L1 penalty on generated A and B.
+
+Only positions with a target are projected to the vocabulary, which saves most
+of the language-model head's cost on prompt tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from ..adapter import LoRAAdapter
+from ..apply import apply_adapter
+from .batching import StudentBatch
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    token_accuracy: float
+    exact: float  # fraction of rows whose every target token is the argmax
+
+
+def _target_logits(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits (P, V) at positions that predict a target token, the targets (P,), and each position's row (P,)."""
+    device = next(model.parameters()).device
+    ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+    targets = batch.labels[:, 1:].to(device)
+    sel = targets != -100  # (M, T-1): position t predicts token t+1
+    rows_adapter = adapter.select(batch.row_example.to(device)) if adapter is not None else None
+    with apply_adapter(model, rows_adapter):
+        hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    logits = model.get_output_embeddings()(hidden[:, :-1][sel]).float()  # (P, V)
+    rows = torch.arange(ids.shape[0], device=device)[:, None].expand_as(sel)[sel]
+    return logits, targets[sel], rows
+
+
+def _row_mean(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Mean over positions within each row, then over rows (long answers don't dominate)."""
+    sums = torch.zeros(n_rows, device=values.device, dtype=values.dtype).index_add(0, rows, values)
+    counts = torch.zeros(n_rows, device=values.device).index_add(0, rows, torch.ones_like(values))
+    return (sums / counts.clamp(min=1)).mean()
+
+
+def _accuracy(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int) -> tuple[float, float]:
+    correct = (logits.argmax(-1) == targets).float()
+    wrong_per_row = torch.zeros(n_rows, device=logits.device).index_add(0, rows, 1 - correct)
+    return correct.mean().item(), (wrong_per_row == 0).float().mean().item()
+
+
+def answer_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter | None) -> LossOutput:
+    """Cross-entropy on the answer tokens, averaged per row then over rows."""
+    logits, targets, rows = _target_logits(model, batch, adapter)
+    n = batch.input_ids.shape[0]
+    loss = _row_mean(F.cross_entropy(logits, targets, reduction="none"), rows, n)
+    return LossOutput(loss, *_accuracy(logits, targets, rows, n))
+
+
+def distill_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter | None,
+                 teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor) -> LossOutput:
+    """Cross-entropy against the teacher's renormalised top-k distribution at each response position.
+
+    Args:
+        batch: student rows whose labels are the teacher's response tokens.
+        teacher_ids: (P, k) the teacher's top-k token ids at each labelled position, in batch order.
+        teacher_logprobs: (P, k) their log-probabilities.
+    """
+    logits, targets, rows = _target_logits(model, batch, adapter)
+    p_teacher = torch.softmax(teacher_logprobs.to(logits.device).float(), dim=-1)  # renormalise the top-k
+    logp_student = torch.log_softmax(logits, dim=-1).gather(-1, teacher_ids.to(logits.device))
+    n = batch.input_ids.shape[0]
+    loss = _row_mean(-(p_teacher * logp_student).sum(-1), rows, n)
+    return LossOutput(loss, *_accuracy(logits, targets, rows, n))
+
+
+def l1_penalty(adapter: LoRAAdapter) -> torch.Tensor:
+    """Mean absolute value of every generated A and B entry."""
+    terms = [w.A.abs().mean() + w.B.abs().mean() for w in adapter.weights.values()]
+    return torch.stack(terms).mean()

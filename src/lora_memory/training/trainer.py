@@ -1,0 +1,188 @@
+"""The hypernetwork training loop: small named functions, nanoGPT style.
+
+One step: draw documents for the current curriculum stage (a pure function of
+seed and step), chunk them, encode the chunks with the frozen base model (no
+gradient), generate per-chunk adapters, concatenate each document's chunks
+along rank, and train the hypernetwork through the frozen base model on the
+answers (or on the in-context teacher's distribution). Checkpoints hold
+everything needed to resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..base import BaseModel, load_base_model
+from ..hypernet import DocToLoRA, HypernetConfig
+from .batching import chunk_examples, compose_rows, qa_batch
+from .checkpoint import read_state, restore_optimizer, save_checkpoint
+from .config import Stage, TrainConfig
+from .data import Example, make_example
+from .diagnostics import adapter_spread
+from .objectives import LossOutput, answer_loss, distill_loss, l1_penalty
+from .teacher import Teacher
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+FINAL_DIR = "hypernet"
+LOG_NAME = "log.jsonl"
+
+
+def get_lr(config: TrainConfig, step: int) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` over all stages."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.total_steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def param_groups(hypernet: DocToLoRA, config: TrainConfig) -> list[dict[str, Any]]:
+    """One group per ``lr_multipliers`` prefix (first match wins), plus the rest at multiplier 1."""
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in hypernet.named_parameters():
+        mult = next((m for prefix, m in config.lr_multipliers.items() if name.startswith(prefix)), 1.0)
+        groups.setdefault(mult, []).append(p)
+    return [{"params": ps, "lr_mult": m, "lr": config.lr * m} for m, ps in sorted(groups.items())]
+
+
+def sample_examples(stage: Stage, seed: int, step: int, split: str, n: int) -> list[Example]:
+    """Draw ``n`` examples from the stage's mix; deterministic in (seed, step, split)."""
+    rng = random.Random(f"{seed}:{step}:{split}")
+    weights = [t.weight for t in stage.tasks]
+    out = []
+    for _ in range(n):
+        task = rng.choices(stage.tasks, weights)[0]
+        out.append(make_example(rng, task.kind, split, **task.params))
+    return out
+
+
+def generate_adapters(hypernet: DocToLoRA, base: BaseModel, examples: list[Example]):
+    """Per-example batched adapter (chunks composed along rank), with gradients to the hypernetwork."""
+    token_ids, groups = chunk_examples(base.tokenizer, examples, hypernet.config.max_chunk_tokens)
+    states, mask = hypernet.encode(base, token_ids)
+    return compose_rows(hypernet(states, mask), groups)
+
+
+def compute_loss(hypernet: DocToLoRA, base: BaseModel, examples: list[Example], config: TrainConfig,
+                 teacher: Teacher | None) -> tuple[torch.Tensor, LossOutput]:
+    adapter = generate_adapters(hypernet, base, examples)
+    if config.objective == "distill":
+        batch, ids, logprobs = teacher.student_batch(examples)
+        out = distill_loss(base.model, batch, adapter, ids, logprobs)
+    else:
+        out = answer_loss(base.model, qa_batch(base.tokenizer, examples), adapter)
+    loss = out.loss + config.l1_weight * l1_penalty(adapter) if config.l1_weight else out.loss
+    return loss, out
+
+
+@torch.no_grad()
+def evaluate(hypernet: DocToLoRA, base: BaseModel, config: TrainConfig, step: int) -> dict[str, float]:
+    """Held-out answer loss, teacher-forced exact match, and the collapse diagnostics."""
+    hypernet.eval()
+    stage = config.stage_at(step)
+    examples = sample_examples(stage, config.seed, 0, "heldout", config.eval_examples)
+    losses, exact, acc = [], [], []
+    adapters = []
+    for i in range(0, len(examples), stage.batch_size):
+        group = examples[i:i + stage.batch_size]
+        adapter = generate_adapters(hypernet, base, group)
+        out = answer_loss(base.model, qa_batch(base.tokenizer, group), adapter)
+        losses.append(out.loss.item()), exact.append(out.exact), acc.append(out.token_accuracy)
+        adapters.append(adapter)
+    hypernet.train()
+    spread = adapter_spread(adapters)
+    return {"eval_loss": sum(losses) / len(losses), "eval_exact": sum(exact) / len(exact),
+            "eval_token_acc": sum(acc) / len(acc), **spread}
+
+
+class Trainer:
+    """Runs (or resumes) a training run described by a :class:`TrainConfig`."""
+
+    def __init__(self, config: TrainConfig, base: BaseModel | None = None):
+        self.config = config
+        self.out = Path(config.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.base = base or load_base_model(config.base_model, dtype=config.dtype, device=config.device)
+        self.step = 0
+        ckpt = self.out / CHECKPOINT_DIR
+        if ckpt.is_dir():
+            self.hypernet = DocToLoRA.from_pretrained(ckpt, base=self.base)
+            self.optimizer = self._optimizer()
+            restore_optimizer(ckpt, self.optimizer)
+            self.step = read_state(ckpt)["step"]
+            logger.info("resumed from %s at step %d", ckpt, self.step)
+        else:
+            if config.init_from:
+                self.hypernet = DocToLoRA.from_pretrained(config.init_from, base=self.base)
+            else:
+                torch.manual_seed(config.seed)
+                self.hypernet = DocToLoRA.for_base_model(self.base, HypernetConfig(**config.hypernet))
+            self.optimizer = self._optimizer()
+        self.hypernet.to(self.base.device).train()
+        self.teacher = Teacher(self.base, self.out / "teacher-cache", config.distill_top_k) \
+            if config.objective == "distill" else None
+        (self.out / "train_config.json").write_text(config.model_dump_json(indent=2))
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(param_groups(self.hypernet, self.config), lr=self.config.lr,
+                                 weight_decay=self.config.weight_decay)
+
+    def train_step(self) -> dict[str, float]:
+        config, step = self.config, self.step
+        lr = get_lr(config, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        stage = config.stage_at(step)
+        torch.manual_seed(config.seed * 1_000_003 + step)
+        examples = sample_examples(stage, config.seed, step, "train", stage.batch_size)
+        loss, out = compute_loss(self.hypernet, self.base, examples, config, self.teacher)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.hypernet.parameters(), config.grad_clip).item()
+        self.optimizer.step()
+        self.hypernet.invalidate_fingerprint()
+        self.step += 1
+        return {"step": self.step, "stage": stage.name, "lr": lr, "loss": loss.item(), "answer_loss": out.loss.item(),
+                "exact": out.exact, "token_acc": out.token_accuracy, "grad_norm": grad_norm}
+
+    def save(self) -> None:
+        save_checkpoint(self.out / CHECKPOINT_DIR, self.hypernet, self.optimizer,
+                        {"step": self.step, "config": self.config.model_dump()})
+
+    def run(self, max_steps: int | None = None) -> DocToLoRA:
+        """Train until the run's last step (or ``max_steps`` more steps), checkpointing as it goes."""
+        end = self.config.total_steps if max_steps is None else min(self.config.total_steps, self.step + max_steps)
+        log = (self.out / LOG_NAME).open("a")
+        bar = tqdm(total=end, initial=self.step, desc="training", unit="step")
+        try:
+            while self.step < end:
+                t0 = time.perf_counter()
+                record = self.train_step()
+                record["seconds"] = time.perf_counter() - t0
+                if self.step % self.config.eval_every == 0 or self.step == end:
+                    record.update(evaluate(self.hypernet, self.base, self.config, self.step - 1))
+                if self.step % self.config.checkpoint_every == 0 or self.step == end:
+                    self.save()
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{record['loss']:.3f}", exact=f"{record['exact']:.2f}")
+                bar.update(1)
+        finally:
+            bar.close()
+            log.close()
+        if self.step >= self.config.total_steps:
+            self.hypernet.save_pretrained(self.out / FINAL_DIR)
+        return self.hypernet
