@@ -4,7 +4,7 @@ A document longer than the hypernetwork's training length is split into chunks
 of at most ``max_tokens`` base-model tokens. Chunks are roughly equal in size
 (so no tiny tail chunk), and each cut is moved back to the nearest paragraph
 break, else sentence end, else word boundary, within the last quarter of the
-chunk. The chunks' token ids concatenate to exactly the document's token ids:
+chunk (so a dense text may take a chunk or two more than the minimum). The chunks' token ids concatenate to exactly the document's token ids:
 nothing is lost or duplicated.
 
 Example:
@@ -50,6 +50,31 @@ def _edge_score(tail: str) -> int:
     return 0
 
 
+def _plan_cuts(text: str, offsets: list[tuple[int, int]], max_tokens: int, n_chunks: int) -> list[int]:
+    """Token indices where chunks start (and ``n`` at the end), aiming at ``n_chunks`` equal chunks."""
+    n = len(offsets)
+    cuts = [0]
+    while n - cuts[-1] > max_tokens:
+        start = cuts[-1]
+        # Cuts moved back to edges can leave more than the planned chunks' worth of tokens.
+        remaining_chunks = max(n_chunks - (len(cuts) - 1), math.ceil((n - start) / max_tokens))
+        ideal = min(start + math.ceil((n - start) / remaining_chunks), start + max_tokens)
+        lo = max(start + 1, ideal - max_tokens // 4)
+        best, best_score = ideal, -1
+        for cut in range(ideal, lo - 1, -1):  # later cuts win ties: chunks stay near the ideal size
+            pos = offsets[cut][0]
+            score = _edge_score(text[max(0, pos - 8) : pos])
+            if score > 1 and text[pos - 1 : pos + 1] == "\n\n":  # inside a run of newlines: keep it whole
+                score = 1
+            if score > best_score:
+                best, best_score = cut, score
+                if score == 3:
+                    break
+        cuts.append(best)
+    cuts.append(n)
+    return cuts
+
+
 def chunk_text(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> list[Chunk]:
     """Split ``text`` into chunks of at most ``max_tokens`` tokens.
 
@@ -65,25 +90,14 @@ def chunk_text(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -
     ids: list[int] = enc["input_ids"]
     offsets: list[tuple[int, int]] = enc["offset_mapping"]
     n = len(ids)
+    # Plan the fewest chunks. If moving cuts back to edges forced extra ones, plan that many
+    # from the start (all chunks shrink a little, not the last ones a lot) unless that needs more.
     n_chunks = math.ceil(n / max_tokens)
-    cuts = [0]
-    while cuts[-1] < n:
-        start = cuts[-1]
-        remaining_chunks = n_chunks - (len(cuts) - 1)
-        if remaining_chunks <= 1 or n - start <= max_tokens:
-            cuts.append(n)
-            break
-        ideal = min(start + math.ceil((n - start) / remaining_chunks), start + max_tokens)
-        lo = max(start + 1, ideal - max_tokens // 4)
-        best, best_score = ideal, -1
-        for cut in range(ideal, lo - 1, -1):  # later cuts win ties: chunks stay near the ideal size
-            pos = offsets[cut][0]
-            score = _edge_score(text[max(0, pos - 8) : pos])
-            if score > best_score:
-                best, best_score = cut, score
-                if score == 3:
-                    break
-        cuts.append(best)
+    cuts = _plan_cuts(text, offsets, max_tokens, n_chunks)
+    if len(cuts) - 1 > n_chunks:
+        replanned = _plan_cuts(text, offsets, max_tokens, len(cuts) - 1)
+        if len(replanned) <= len(cuts):
+            cuts = replanned
     chunks = []
     for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
         c0 = offsets[a][0] if a > 0 else 0

@@ -2,6 +2,8 @@
 
 Everything lives under one home directory so a user can see, move or delete it:
 ``$LORA_MEMORY_HOME`` when set, otherwise the platform's user cache directory.
+Converted base models can live elsewhere (``$LORA_MEMORY_MODELS``), so tests and
+throwaway homes reuse the one-off GGUF conversion instead of repeating it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import platformdirs
 
 HOME_ENV = "LORA_MEMORY_HOME"
+MODELS_ENV = "LORA_MEMORY_MODELS"
 
 
 def home() -> Path:
@@ -23,7 +26,12 @@ def home() -> Path:
 
 
 def models_dir() -> Path:
-    """Converted base models (safetensors copies of the embedded GGUF)."""
+    """Converted base models (safetensors copies of the embedded GGUF): ``$LORA_MEMORY_MODELS`` or ``home()/models``."""
+    env = os.environ.get(MODELS_ENV)
+    if env:
+        path = Path(env).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
     return _sub("models")
 
 
