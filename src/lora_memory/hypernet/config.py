@@ -36,6 +36,9 @@ class HypernetConfig(BaseModel):
     )
     max_chunk_tokens: int = Field(256, ge=8, description="Longest chunk the hypernetwork encodes in one pass.")
     chat_wrap: bool = Field(True, description="Wrap each chunk as a user chat turn before encoding it.")
+    dedupe_bias: bool = Field(
+        True, description="When composing K chunks, count the shared bias term (bias_B @ bias_A) once, not K times."
+    )
 
     # pooling trunk
     key_dim: int = Field(64, ge=1, description="Dimension of the pooling keys and queries.")

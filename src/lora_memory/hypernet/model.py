@@ -116,8 +116,30 @@ class DocToLoRA(nn.Module):
             IncompatibleAdapterError: this hypernetwork was trained for another base model.
         """
         chunks = chunk_text(base.tokenizer, text, self.config.max_chunk_tokens)
-        parts = self.adapters_for_chunks(base, chunks, batch_size=batch_size, progress=progress)
-        return LoRAAdapter.concat(parts, metadata={**self._metadata(), "n_chunks": len(chunks)})
+        return self.compose(self.adapters_for_chunks(base, chunks, batch_size=batch_size, progress=progress))
+
+    def bias_adapter(self) -> LoRAAdapter:
+        """The document-independent part of every chunk's adapter: A = bias_A, B = bias_B."""
+        a, b = self.heads.bias_a, self.heads.bias_b.transpose(-1, -2)  # (L, r, d_in), (L, d_out, r)
+        weights = {self.config.module_name(layer): LoRAWeights(a[i], b[i]) for i, layer in enumerate(self.config.layers)}
+        return LoRAAdapter(weights, self.config.scaling, self._metadata())
+
+    def compose(self, parts: list[LoRAAdapter]) -> LoRAAdapter:
+        """Concatenate chunk adapters along rank (their deltas add up).
+
+        Every chunk's adapter contains the shared term ``bias_B @ bias_A``; with
+        ``config.dedupe_bias`` a rank-r correction of weight ``-(K - 1)`` is appended
+        so that K chunks count it once, as a single-chunk document does.
+        """
+        if not parts:
+            raise ValueError("compose needs at least one chunk adapter")
+        extra = []
+        if len(parts) > 1 and self.config.dedupe_bias:
+            bias = self.bias_adapter()
+            factor = -(len(parts) - 1)
+            extra = [LoRAAdapter({k: LoRAWeights(w.A.detach(), factor * w.B.detach()) for k, w in bias.weights.items()},
+                                 bias.scaling)]
+        return LoRAAdapter.concat(parts + extra, metadata={**self._metadata(), "n_chunks": len(parts)})
 
     # ----------------------------------------------------------- identity
     def check_base(self, base: BaseModel) -> None:

@@ -24,15 +24,19 @@ def chunk_examples(tokenizer: PreTrainedTokenizerBase, examples: list[Example], 
     return token_ids, groups
 
 
-def compose_rows(adapter: LoRAAdapter, groups: list[list[int]]) -> LoRAAdapter:
+def compose_rows(adapter: LoRAAdapter, groups: list[list[int]], bias: LoRAAdapter | None = None) -> LoRAAdapter:
     """Per-chunk batched adapter -> per-example batched adapter (chunks concatenated along rank).
 
     Examples with fewer chunks are padded with zero rank rows, which add nothing.
+    With ``bias`` (the hypernetwork's :meth:`~DocToLoRA.bias_adapter`), an example
+    of K chunks also gets the bias rows with weight ``-(K - 1)``, exactly as
+    :meth:`DocToLoRA.compose` does at inference.
     """
     if all(len(g) == 1 for g in groups):
         idx = torch.tensor([g[0] for g in groups])
         return adapter.select(idx)
     k = max(len(g) for g in groups)
+    factors = torch.tensor([-(len(g) - 1.0) for g in groups])  # (N,)
     out = {}
     for name, w in adapter.weights.items():
         C, r, d_in = w.A.shape
@@ -42,6 +46,10 @@ def compose_rows(adapter: LoRAAdapter, groups: list[list[int]]) -> LoRAAdapter:
         idx = torch.tensor([g + [C] * (k - len(g)) for g in groups])  # (N, k)
         a = a_all[idx].reshape(len(groups), k * r, d_in)  # (N, k*r, d_in)
         b = b_all[idx].permute(0, 2, 1, 3).reshape(len(groups), -1, k * r)  # (N, d_out, k*r)
+        if bias is not None:
+            bw = bias.weights[name]
+            a = torch.cat([a, bw.A.expand(len(groups), -1, -1)], dim=1)
+            b = torch.cat([b, factors.to(b)[:, None, None] * bw.B], dim=2)
         out[name] = LoRAWeights(a, b)
     return LoRAAdapter(out, adapter.scaling, dict(adapter.metadata))
 

@@ -54,6 +54,7 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(None, description="torch threads; None keeps torch's default.")
     dtype: str = Field("auto", description="Base model dtype.")
     device: str = Field("auto")
+    accelerate: bool = Field(False, description="Data-parallel training under `accelerate launch` (many GPUs).")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

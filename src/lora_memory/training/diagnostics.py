@@ -9,10 +9,14 @@ from ..adapter import LoRAAdapter
 
 
 def adapter_vectors(adapters: list[LoRAAdapter]) -> torch.Tensor:
-    """Each batch row's A and B flattened into one vector: (N, D). Rows of one rank only."""
+    """Each document's A and B flattened into one vector: (N, D).
+
+    Takes batched adapters (one row per document) or unbatched ones (one document each).
+    """
     rows = []
     for adapter in adapters:
-        parts = [torch.cat([w.A.flatten(1), w.B.flatten(1)], dim=1) for _, w in sorted(adapter.weights.items())]
+        ws = [w if w.A.dim() == 3 else type(w)(w.A[None], w.B[None]) for _, w in sorted(adapter.weights.items())]
+        parts = [torch.cat([w.A.flatten(1), w.B.flatten(1)], dim=1) for w in ws]
         rows.append(torch.cat(parts, dim=1).float())
     width = min(r.shape[1] for r in rows)  # composed adapters may differ in rank; compare the common part
     return torch.cat([r[:, :width] for r in rows])

@@ -25,7 +25,6 @@ from pydantic import BaseModel as PydanticModel
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from ..adapter import LoRAAdapter, LoRAWeights
 from ..base import BaseModel
 from ..generation import GenerationConfig, generate
 from ..hypernet import DocToLoRA
@@ -127,15 +126,7 @@ def evaluate_facts(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, pro
             settings["in-context"].append(
                 (_answer(base, in_context_prompt(ex.document, qa.question), None, config.max_new_tokens), qa.answer))
             settings["closed-book"].append((_answer(base, qa.question, None, config.max_new_tokens), qa.answer))
-    batched = [_stack_rows(adapters)]
-    return {k: _score(v) for k, v in settings.items()}, adapter_spread(batched)
-
-
-def _stack_rows(adapters: list[LoRAAdapter]) -> LoRAAdapter:
-    """Single-chunk adapters -> one batched adapter, for the diagnostics."""
-    names = adapters[0].weights
-    return LoRAAdapter({k: LoRAWeights(torch.stack([a.weights[k].A for a in adapters]),
-                                       torch.stack([a.weights[k].B for a in adapters])) for k in names})
+    return {k: _score(v) for k, v in settings.items()}, adapter_spread(adapters)
 
 
 def evaluate_hypernet(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig | None = None,

@@ -107,8 +107,13 @@ def json_city(rng: random.Random) -> tuple[str, str]:
     return f"{city} is the capital of {country}.", json.dumps({"city": city, "country": country})
 
 
+def word_list(rng: random.Random) -> str:
+    """Three to five distinct random words: 'garden quiet lamp music'."""
+    return " ".join(rng.sample(LETTER_WORDS, rng.randint(3, 5)))
+
+
 def word_pick(index: int, rng: random.Random) -> tuple[str, str]:
-    text = phrase(rng)
+    text = word_list(rng)
     return text, text.split()[index]
 
 
@@ -137,3 +142,18 @@ def from_template(templates: list[str], key: str, values: list, rng: random.Rand
 def letters(index: int, count: bool, rng: random.Random) -> tuple[str, str]:
     word = rng.choice(LETTER_WORDS)
     return word, str(len(word)) if count else word[index]
+
+
+def reverse_words(rng: random.Random) -> tuple[str, str]:
+    text = word_list(rng)
+    return text, " ".join(reversed(text.split()))
+
+
+def count_words(rng: random.Random) -> tuple[str, str]:
+    text = " ".join(rng.sample(LETTER_WORDS, rng.randint(1, 7)))
+    return text, str(len(text.split()))
+
+
+def spelled_number(to_words: bool, rng: random.Random) -> tuple[str, str]:
+    n = rng.randint(0, 99)
+    return (str(n), number_words(n)) if to_words else (number_words(n), str(n))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..adapter import LoRAAdapter
 from ..base import BaseModel, load_base_model
 from ..hypernet import DocToLoRA, HypernetConfig
 from .batching import chunk_examples, compose_rows, qa_batch
@@ -56,9 +58,9 @@ def param_groups(hypernet: DocToLoRA, config: TrainConfig) -> list[dict[str, Any
     return [{"params": ps, "lr_mult": m, "lr": config.lr * m} for m, ps in sorted(groups.items())]
 
 
-def sample_examples(stage: Stage, seed: int, step: int, split: str, n: int) -> list[Example]:
-    """Draw ``n`` examples from the stage's mix; deterministic in (seed, step, split)."""
-    rng = random.Random(f"{seed}:{step}:{split}")
+def sample_examples(stage: Stage, seed: int, step: int, split: str, n: int, worker: int = 0) -> list[Example]:
+    """Draw ``n`` examples from the stage's mix; deterministic in (seed, step, split, worker)."""
+    rng = random.Random(f"{seed}:{step}:{split}:{worker}")
     weights = [t.weight for t in stage.tasks]
     out = []
     for _ in range(n):
@@ -67,16 +69,21 @@ def sample_examples(stage: Stage, seed: int, step: int, split: str, n: int) -> l
     return out
 
 
-def generate_adapters(hypernet: DocToLoRA, base: BaseModel, examples: list[Example]):
-    """Per-example batched adapter (chunks composed along rank), with gradients to the hypernetwork."""
+def generate_adapters(hypernet: DocToLoRA, base: BaseModel, examples: list[Example],
+                      forward: torch.nn.Module | None = None) -> LoRAAdapter:
+    """Per-example batched adapter (chunks composed along rank), with gradients to the hypernetwork.
+
+    ``forward`` is the module to call (a distributed wrapper of ``hypernet`` under accelerate).
+    """
     token_ids, groups = chunk_examples(base.tokenizer, examples, hypernet.config.max_chunk_tokens)
     states, mask = hypernet.encode(base, token_ids)
-    return compose_rows(hypernet(states, mask), groups)
+    bias = hypernet.bias_adapter() if hypernet.config.dedupe_bias else None
+    return compose_rows((forward or hypernet)(states, mask), groups, bias)
 
 
 def compute_loss(hypernet: DocToLoRA, base: BaseModel, examples: list[Example], config: TrainConfig,
-                 teacher: Teacher | None) -> tuple[torch.Tensor, LossOutput]:
-    adapter = generate_adapters(hypernet, base, examples)
+                 teacher: Teacher | None, forward: torch.nn.Module | None = None) -> tuple[torch.Tensor, LossOutput]:
+    adapter = generate_adapters(hypernet, base, examples, forward)
     if config.objective == "distill":
         batch, ids, logprobs = teacher.student_batch(examples)
         out = distill_loss(base.model, batch, adapter, ids, logprobs)
@@ -132,6 +139,13 @@ class Trainer:
                 self.hypernet = DocToLoRA.for_base_model(self.base, HypernetConfig(**config.hypernet))
             self.optimizer = self._optimizer()
         self.hypernet.to(self.base.device).train()
+        self.accelerator = None
+        self.forward: torch.nn.Module = self.hypernet
+        if config.accelerate:  # data parallel over processes started by `accelerate launch`
+            from accelerate import Accelerator
+
+            self.accelerator = Accelerator(cpu=self.base.device.type == "cpu")
+            self.forward, self.optimizer = self.accelerator.prepare(self.hypernet, self.optimizer)
         self.teacher = Teacher(self.base, self.out / "teacher-cache", config.distill_top_k) \
             if config.objective == "distill" else None
         (self.out / "train_config.json").write_text(config.model_dump_json(indent=2))
@@ -147,10 +161,14 @@ class Trainer:
             group["lr"] = lr * group["lr_mult"]
         stage = config.stage_at(step)
         torch.manual_seed(config.seed * 1_000_003 + step)
-        examples = sample_examples(stage, config.seed, step, "train", stage.batch_size)
-        loss, out = compute_loss(self.hypernet, self.base, examples, config, self.teacher)
+        worker = self.accelerator.process_index if self.accelerator else 0
+        examples = sample_examples(stage, config.seed, step, "train", stage.batch_size, worker)
+        loss, out = compute_loss(self.hypernet, self.base, examples, config, self.teacher, self.forward)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.accelerator:
+            self.accelerator.backward(loss)
+        else:
+            loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.hypernet.parameters(), config.grad_clip).item()
         self.optimizer.step()
         self.hypernet.invalidate_fingerprint()
@@ -158,21 +176,27 @@ class Trainer:
         return {"step": self.step, "stage": stage.name, "lr": lr, "loss": loss.item(), "answer_loss": out.loss.item(),
                 "exact": out.exact, "token_acc": out.token_accuracy, "grad_norm": grad_norm}
 
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
     def save(self) -> None:
+        if not self.is_main:
+            return
         save_checkpoint(self.out / CHECKPOINT_DIR, self.hypernet, self.optimizer,
                         {"step": self.step, "config": self.config.model_dump()})
 
     def run(self, max_steps: int | None = None) -> DocToLoRA:
         """Train until the run's last step (or ``max_steps`` more steps), checkpointing as it goes."""
         end = self.config.total_steps if max_steps is None else min(self.config.total_steps, self.step + max_steps)
-        log = (self.out / LOG_NAME).open("a")
-        bar = tqdm(total=end, initial=self.step, desc="training", unit="step")
+        log = (self.out / LOG_NAME).open("a") if self.is_main else open(os.devnull, "w")
+        bar = tqdm(total=end, initial=self.step, desc="training", unit="step", disable=not self.is_main)
         try:
             while self.step < end:
                 t0 = time.perf_counter()
                 record = self.train_step()
                 record["seconds"] = time.perf_counter() - t0
-                if self.step % self.config.eval_every == 0 or self.step == end:
+                if self.is_main and (self.step % self.config.eval_every == 0 or self.step == end):
                     record.update(evaluate(self.hypernet, self.base, self.config, self.step - 1))
                 if self.step % self.config.checkpoint_every == 0 or self.step == end:
                     self.save()
@@ -183,6 +207,6 @@ class Trainer:
         finally:
             bar.close()
             log.close()
-        if self.step >= self.config.total_steps:
+        if self.step >= self.config.total_steps and self.is_main:
             self.hypernet.save_pretrained(self.out / FINAL_DIR)
         return self.hypernet
