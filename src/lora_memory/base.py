@@ -127,6 +127,8 @@ def model_fingerprint(model: PreTrainedModel) -> str:
     """
     h = hashlib.sha256()
     cfg = model.config.to_dict()
+    # ``architectures`` is only set once a model has been saved; a fresh one gets its class name.
+    cfg["architectures"] = cfg.get("architectures") or [type(model).__name__]
     for key in ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "vocab_size"):
         h.update(f"{key}={cfg.get(key)};".encode())
