@@ -1,0 +1,58 @@
+"""lora-memory: documents internalized as LoRA adapters instead of retrieved into the prompt.
+
+Example:
+    >>> from lora_memory import LoRAMemory  # doctest: +SKIP
+    >>> mem = LoRAMemory.open("notes")  # doctest: +SKIP
+    >>> mem.add("The launch moved to March 14.")  # doctest: +SKIP
+    >>> mem.ask("When is the launch?").text  # doctest: +SKIP
+
+The public names are imported on first use, so ``import lora_memory.paths``
+does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("lora-memory")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+_EXPORTS = {
+    "LoRAMemory": "memory",
+    "Answer": "memory",
+    "Source": "memory",
+    "DocumentInfo": "collection",
+    "MemoryConfig": "config",
+    "GenerationConfig": "generation",
+    "LoRAAdapter": "adapter",
+    "AdapterCache": "cache",
+    "load_base_model": "base",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .adapter import LoRAAdapter
+    from .base import load_base_model
+    from .cache import AdapterCache
+    from .collection import DocumentInfo
+    from .config import MemoryConfig
+    from .generation import GenerationConfig
+    from .memory import Answer, LoRAMemory, Source
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,119 @@
+"""The content-addressed adapter cache shared by every collection and process.
+
+A chunk's adapter depends only on the hypernetwork, the base model and the
+chunk's token ids, so that triple (hashed) is the key: the same chunk is never
+encoded twice, whichever collection or process asks. Storage is
+:class:`diskcache.Cache` (SQLite index, process-safe, size-limited with
+least-recently-used eviction). Values are bytes, never pickles: a sha256 digest of
+the payload followed by the payload, safetensors bytes carrying the adapter's
+JSON config (:func:`lora_memory.storage.adapter_to_bytes`). An entry that fails
+its checksum or cannot be parsed is logged, deleted and reported as a miss, so it
+is simply encoded again.
+
+Example:
+    >>> cache = AdapterCache(tmp_dir)  # doctest: +SKIP
+    >>> key = AdapterCache.key(hypernet.fingerprint, base.fingerprint, chunk.token_ids)  # doctest: +SKIP
+    >>> cache.get(key) or cache.put(key, adapter)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from array import array
+from collections.abc import Sequence
+from pathlib import Path
+
+import diskcache
+
+from .adapter import LoRAAdapter
+from .config import DEFAULT_CACHE_SIZE_LIMIT
+from .errors import CorruptEntryError
+from .paths import adapter_cache_dir
+from .storage import adapter_from_bytes, adapter_to_bytes
+
+logger = logging.getLogger(__name__)
+
+DIGEST_BYTES = 32  # sha256
+EVICTION_POLICY = "least-recently-used"
+SQLITE_TIMEOUT_S = 60  # seconds a process waits for another's write transaction
+
+
+class AdapterCache:
+    """Chunk adapters on disk, keyed by content, bounded in size.
+
+    Args:
+        directory: where the cache lives; None means :func:`lora_memory.paths.adapter_cache_dir`.
+        size_limit_bytes: total size before least-recently-used entries are evicted.
+
+    Raises:
+        OSError: the directory cannot be created or opened.
+    """
+
+    def __init__(self, directory: str | Path | None = None, size_limit_bytes: int = DEFAULT_CACHE_SIZE_LIMIT):
+        self.directory = Path(directory) if directory is not None else adapter_cache_dir()
+        self._cache = diskcache.Cache(str(self.directory), size_limit=size_limit_bytes,
+                                      eviction_policy=EVICTION_POLICY, timeout=SQLITE_TIMEOUT_S)
+
+    @staticmethod
+    def key(hypernet_fingerprint: str, base_fingerprint: str, token_ids: Sequence[int]) -> str:
+        """The cache key of a chunk: sha256 over both fingerprints and the token ids (64 hex chars)."""
+        h = hashlib.sha256(f"{hypernet_fingerprint}:{base_fingerprint}:".encode())
+        h.update(array("q", token_ids).tobytes())
+        return h.hexdigest()
+
+    def get(self, key: str) -> LoRAAdapter | None:
+        """The adapter stored under ``key``, or None on a miss.
+
+        A corrupt or truncated entry is logged, deleted and reported as a miss.
+
+        Raises:
+            diskcache.Timeout: the cache stayed locked by another process for ``SQLITE_TIMEOUT_S``.
+        """
+        blob = self._cache.get(key, retry=True)
+        if blob is None:
+            return None
+        try:
+            return _decode(blob)
+        except CorruptEntryError as exc:
+            logger.warning("adapter cache entry %s is corrupt (%s); deleting it, it will be re-encoded", key[:12], exc)
+            self._cache.delete(key, retry=True)
+            return None
+
+    def put(self, key: str, adapter: LoRAAdapter) -> None:
+        """Store ``adapter`` under ``key`` (replacing any entry); may evict old entries.
+
+        Raises:
+            ValueError: the adapter is batched.
+            diskcache.Timeout: the cache stayed locked by another process for ``SQLITE_TIMEOUT_S``.
+        """
+        payload = adapter_to_bytes(adapter)
+        self._cache.set(key, hashlib.sha256(payload).digest() + payload, retry=True)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._cache
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def volume(self) -> int:
+        """Bytes used on disk (index and values)."""
+        return self._cache.volume()
+
+    def clear(self) -> int:
+        """Remove every entry; returns how many were removed."""
+        return self._cache.clear(retry=True)
+
+    def close(self) -> None:
+        """Close the SQLite connection (the cache reopens itself on next use)."""
+        self._cache.close()
+
+
+def _decode(blob: object) -> LoRAAdapter:
+    """Check the digest and parse; raise :class:`CorruptEntryError` on any mismatch."""
+    if not isinstance(blob, bytes) or len(blob) <= DIGEST_BYTES:
+        raise CorruptEntryError("entry is not a digest followed by a payload")
+    digest, payload = blob[:DIGEST_BYTES], blob[DIGEST_BYTES:]
+    if hashlib.sha256(payload).digest() != digest:
+        raise CorruptEntryError("checksum mismatch")
+    return adapter_from_bytes(payload)

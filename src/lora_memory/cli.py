@@ -1,0 +1,258 @@
+"""The ``lora-memory`` command: parse arguments, build a config, call the library.
+
+Answers go to stdout (``ask`` prints only the answer, or one JSON object with
+``--json``); progress bars and logs go to stderr; an error is one line on stderr
+and a non-zero exit status (1, or 130 when interrupted).
+
+Subcommands live in :data:`COMMANDS` (name -> ``(add_arguments, handler)``); a
+module adds its own with one line each, e.g.
+``COMMANDS["train"] = (add_train_arguments, train)``. A handler receives the
+parsed namespace (with the global options) and returns the exit status.
+
+Example:
+    $ lora-memory ingest notes/ -c work --glob '**/*.md'
+    $ lora-memory ask "When is the launch?" -c work --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .collection import Collection, list_collections
+from .config import MemoryConfig
+from .errors import LoRAMemoryError
+from .generation import GenerationConfig
+from .memory import DEFAULT_COLLECTION, LoRAMemory
+from .paths import HOME_ENV, collections_dir
+
+logger = logging.getLogger(__name__)
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+Handler = Callable[[argparse.Namespace], int]
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+# ------------------------------------------------------------------ shared helpers
+def memory_config(args: argparse.Namespace) -> MemoryConfig:
+    """The :class:`MemoryConfig` the global options (and a subcommand's ``--top-k``, ``--max-rank``,
+    ``--max-new-tokens``, where it has them) describe."""
+    generation = GenerationConfig()
+    if getattr(args, "max_new_tokens", None) is not None:
+        generation = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    return MemoryConfig(base_model=args.base_model, hypernet=args.hypernet, dtype=args.dtype, device=args.device,
+                        top_k=getattr(args, "top_k", None),
+                        max_rank=getattr(args, "max_rank", None), generation=generation)
+
+
+def open_memory(args: argparse.Namespace) -> LoRAMemory:
+    """The collection ``-c NAME`` with the models the global options name."""
+    return LoRAMemory.open(args.collection, config=memory_config(args))
+
+
+def _add_collection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--collection", default=DEFAULT_COLLECTION, metavar="NAME",
+                        help=f"collection name (default: {DEFAULT_COLLECTION})")
+
+
+def _collection_dir(name: str) -> Path:
+    return collections_dir() / name
+
+
+# ------------------------------------------------------------------ subcommands
+def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
+    _add_collection(parser)
+    parser.add_argument("--glob", default="**/*", help="files to read inside directories (default: **/*)")
+    parser.add_argument("--id", dest="doc_id", help="document id (only with a single file)")
+
+
+def ingest(args: argparse.Namespace) -> int:
+    """Internalize files or directories into a collection; prints the document ids."""
+    memory = open_memory(args)
+    for doc_id in memory.add(args.paths, doc_id=args.doc_id, glob=args.glob, progress=True):
+        print(doc_id)
+    return 0
+
+
+def _ask_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("question")
+    _add_collection(parser)
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    output.add_argument("--json", action="store_true", help="print one JSON object: answer, sources, timings")
+    parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens")
+    parser.add_argument("--task", help="a task description (Text-to-LoRA adapter added to the documents')")
+    parser.add_argument("--top-k", type=int, help="apply only the k chunks that best match the question")
+    parser.add_argument("--max-rank", type=int, help="compress the applied adapter to this rank")
+
+
+def ask(args: argparse.Namespace) -> int:
+    """Answer a question from a collection's memory (the documents are not in the prompt)."""
+    memory = open_memory(args)
+    if args.stream:
+        pieces, _ = memory.ask_stream(args.question, task=args.task)
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    answer = memory.ask(args.question, task=args.task)
+    if args.json:
+        out = answer.model_dump(mode="json")
+        out["answer"] = out.pop("text")
+        print(json.dumps(out))
+    else:
+        print(answer.text)
+    return 0
+
+
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print a JSON list")
+
+
+def list_(args: argparse.Namespace) -> int:
+    """List the collections and how many documents each holds."""
+    rows = [{"name": name, "documents": len(Collection.existing(_collection_dir(name)).documents)}
+            for name in list_collections(collections_dir())]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print(f"{row['name']}\t{row['documents']} documents")
+    return 0
+
+
+def _show_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="collection name")
+    parser.add_argument("--json", action="store_true", help="print a JSON list")
+
+
+def show(args: argparse.Namespace) -> int:
+    """List a collection's documents: id, chunks, tokens, source."""
+    infos = [record.info() for record in Collection.existing(_collection_dir(args.name)).documents.values()]
+    if args.json:
+        print(json.dumps([info.model_dump(mode="json") for info in infos]))
+    else:
+        for info in infos:
+            print(f"{info.doc_id}\t{info.n_chunks} chunks\t{info.n_tokens} tokens\t{info.source or '-'}")
+    return 0
+
+
+def _rm_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("doc_id", metavar="DOC_ID")
+    _add_collection(parser)
+
+
+def rm(args: argparse.Namespace) -> int:
+    """Remove a document from a collection."""
+    Collection.existing(_collection_dir(args.collection)).remove(args.doc_id)
+    return 0
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_collection(parser)
+    parser.add_argument("directory", type=Path, metavar="DIR")
+    parser.add_argument("--max-rank", type=int, help="compress the exported adapter to this rank")
+
+
+def export(args: argparse.Namespace) -> int:
+    """Export a collection's composed adapter as a PEFT LoRA directory; prints its path."""
+    print(open_memory(args).export_peft(args.directory))
+    return 0
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Internalize a short document on the embedded model and answer questions about it."""
+    del args
+    try:
+        from .demo import main as demo_main
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.demo":
+            raise
+        raise NotImplementedError("the demo is not part of this version of lora-memory") from exc
+    return demo_main() or 0
+
+
+COMMANDS: dict[str, tuple[AddArguments, Handler]] = {
+    "ingest": (_ingest_arguments, ingest),
+    "ask": (_ask_arguments, ask),
+    "list": (_list_arguments, list_),
+    "show": (_show_arguments, show),
+    "rm": (_rm_arguments, rm),
+    "export": (_export_arguments, export),
+    "demo": (_no_arguments, demo),
+}
+
+
+# ------------------------------------------------------------------ entry point
+def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Global options; on subcommands (``suppress``) they only override what was given before the subcommand."""
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--home", default=default(None), help=f"where all state lives (sets ${HOME_ENV})")
+    parser.add_argument("--base-model", default=default("embedded"),
+                        help="'embedded', a model directory or a cached Hugging Face id (default: embedded)")
+    parser.add_argument("--hypernet", default=default(None), help="Doc-to-LoRA checkpoint directory "
+                        "(default: the shipped one)")
+    parser.add_argument("--dtype", default=default("auto"), choices=["auto", "bf16", "fp16", "fp32"],
+                        help="base-model dtype (default: auto = bf16)")
+    parser.add_argument("--device", default=default("auto"), help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default(False), help="log progress details")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand in :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="lora-memory", description="Documents internalized as LoRA adapters: "
+                                     "ingest them once, then ask questions without them in the prompt.")
+    _add_global_options(parser, suppress=False)
+    shared = argparse.ArgumentParser(add_help=False)
+    _add_global_options(shared, suppress=True)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add_arguments, handler) in COMMANDS.items():
+        doc = (handler.__doc__ or "").strip()
+        sub = subparsers.add_parser(name, parents=[shared], help=doc.split("\n")[0], description=doc)
+        add_arguments(sub)
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.home:
+        os.environ[HOME_ENV] = str(Path(args.home).expanduser())
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("lora-memory: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (LoRAMemoryError, ValueError, OSError, NotImplementedError) as exc:
+        print(f"lora-memory: error: {_one_line(exc)}", file=sys.stderr)
+        logger.debug("details", exc_info=True)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""A collection on disk: its manifest, its chunk adapters, and the lock its writers share.
+
+Layout of a collection directory::
+
+    manifest.json            documents -> chunks (cache key, file checksum, char span, snippet),
+                             metadata, source, added_at; the models' fingerprints; a revision
+    adapters/<key>.safetensors   one file per distinct chunk: the adapter and the chunk's text
+    .lock                    held by a writer for the whole of an add/update/delete
+
+The collection keeps its own copy of every chunk adapter (content-addressed by
+the same key as the shared cache), so it survives cache eviction. ``manifest.json``
+is the commit point: it is replaced atomically after a document's chunk files
+are written, so a crash leaves the document either fully present or absent.
+Chunk files no manifest entry refers to (left by a crash, or by a delete) are
+swept when the next writer takes the lock. Readers take no lock: they reload the
+manifest when its file changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, Field, ValidationError
+
+from .adapter import LoRAAdapter
+from .errors import CollectionError, CorruptEntryError, DocumentNotFoundError, IncompatibleAdapterError
+from .storage import TMP_SUFFIX, adapter_from_bytes, adapter_to_bytes, atomic_write, read_safetensors_metadata, sha256
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+ADAPTERS_DIR = "adapters"
+LOCK_NAME = ".lock"
+CHUNK_SUFFIX = ".safetensors"
+TEXT_KEY = "text"
+MANIFEST_VERSION = 1
+SNIPPET_CHARS = 200
+
+
+class ChunkRecord(BaseModel):
+    """One chunk of a document as the manifest records it."""
+
+    key: str = Field(description="Content key (shared with the adapter cache) and file name stem.")
+    sha256: str = Field(description="Checksum of the chunk's adapter file.")
+    char_start: int
+    char_end: int
+    n_tokens: int
+    snippet: str = Field(description=f"The chunk's first {SNIPPET_CHARS} characters.")
+
+
+class DocumentInfo(BaseModel):
+    """What the memory knows about a stored document."""
+
+    doc_id: str
+    n_chunks: int
+    n_tokens: int
+    metadata: dict[str, Any]
+    source: str | None
+    added_at: float = Field(description="Unix time the current version was ingested.")
+
+
+class DocumentRecord(BaseModel):
+    """A document's manifest entry."""
+
+    doc_id: str
+    source: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    added_at: float
+    content_sha256: str = Field(description="Checksum of the text, to skip re-ingesting an unchanged document.")
+    chunk_tokens: int = Field(description="Chunk length the document was split with.")
+    chunks: list[ChunkRecord]
+
+    def info(self) -> DocumentInfo:
+        return DocumentInfo(doc_id=self.doc_id, n_chunks=len(self.chunks),
+                            n_tokens=sum(c.n_tokens for c in self.chunks), metadata=self.metadata,
+                            source=self.source, added_at=self.added_at)
+
+
+class Manifest(BaseModel):
+    """The collection's index, saved as ``manifest.json``."""
+
+    format_version: int = MANIFEST_VERSION
+    name: str
+    base_model: str | None = None
+    base_fingerprint: str | None = None
+    hypernet_fingerprint: str | None = None
+    revision: int = Field(0, description="Incremented by every commit.")
+    documents: dict[str, DocumentRecord] = Field(default_factory=dict)
+
+
+class Collection:
+    """The on-disk state of one collection (no models needed: listing and deleting work without them).
+
+    Args:
+        directory: the collection directory (created on first write).
+        name: recorded in the manifest of a new collection.
+
+    Raises:
+        CorruptEntryError: ``manifest.json`` exists but cannot be parsed.
+    """
+
+    def __init__(self, directory: str | Path, name: str | None = None):
+        self.directory = Path(directory)
+        self.name = name or self.directory.name
+        self._lock = FileLock(str(self.directory / LOCK_NAME))  # touches the disk only when acquired
+        self._stat: tuple[int, int, int] | None = None
+        self.manifest = Manifest(name=self.name)
+        self.refresh()
+
+    @classmethod
+    def existing(cls, directory: str | Path) -> Collection:
+        """Open a collection that must already exist.
+
+        Raises:
+            CollectionError: ``directory`` holds no collection.
+            CorruptEntryError: its manifest cannot be parsed.
+        """
+        directory = Path(directory)
+        if not (directory / MANIFEST_NAME).is_file():
+            raise CollectionError(f"no collection at {directory}")
+        return cls(directory)
+
+    # ---------------------------------------------------------------- reading
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST_NAME
+
+    @property
+    def documents(self) -> dict[str, DocumentRecord]:
+        """Documents by id, in insertion order."""
+        return self.manifest.documents
+
+    def refresh(self, force: bool = False) -> bool:
+        """Reload the manifest if another writer replaced it (or always, with ``force``); returns whether it did.
+
+        Raises:
+            CorruptEntryError: the manifest cannot be parsed.
+        """
+        stat = self._manifest_stat()
+        if stat is None or (stat == self._stat and not force):
+            return False
+        try:
+            self.manifest = Manifest.model_validate_json(self.manifest_path.read_bytes())
+        except (ValidationError, UnicodeDecodeError) as exc:
+            raise CorruptEntryError(f"{self.manifest_path} is corrupt: {exc}") from exc
+        self._stat = stat
+        return True
+
+    def _manifest_stat(self) -> tuple[int, int, int] | None:
+        """Identity of the manifest file: a writer's ``os.replace`` always changes it."""
+        try:
+            st = self.manifest_path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def record(self, doc_id: str) -> DocumentRecord:
+        """The manifest entry of ``doc_id``.
+
+        Raises:
+            DocumentNotFoundError: no such document.
+        """
+        try:
+            return self.documents[doc_id]
+        except KeyError:
+            raise DocumentNotFoundError(f"collection {self.name!r} has no document {doc_id!r}") from None
+
+    def chunk_path(self, key: str) -> Path:
+        return self.directory / ADAPTERS_DIR / f"{key}{CHUNK_SUFFIX}"
+
+    def chunk_checksums(self) -> dict[str, str]:
+        """Key -> file checksum of every chunk the manifest refers to."""
+        return {c.key: c.sha256 for d in self.documents.values() for c in d.chunks}
+
+    def read_chunk(self, chunk: ChunkRecord, device: str | torch.device = "cpu") -> LoRAAdapter:
+        """A chunk's adapter on ``device``, checked against the manifest's checksum.
+
+        Raises:
+            FileNotFoundError: the file is gone (a concurrent delete; refresh and retry).
+            CorruptEntryError: the file fails its checksum or cannot be parsed.
+        """
+        path = self.chunk_path(chunk.key)
+        data = path.read_bytes()
+        if sha256(data) != chunk.sha256:
+            raise CorruptEntryError(f"{path} fails its checksum; re-ingest the document that holds it")
+        return adapter_from_bytes(data, device)
+
+    def read_chunk_text(self, key: str) -> str:
+        """A chunk's full text, read from its adapter file's header only.
+
+        Raises:
+            FileNotFoundError: the file is gone.
+            CorruptEntryError: the header cannot be parsed or lacks the text.
+        """
+        try:
+            return read_safetensors_metadata(self.chunk_path(key))[TEXT_KEY]
+        except KeyError:
+            raise CorruptEntryError(f"{self.chunk_path(key)} has no chunk text") from None
+
+    def check_models(self, base_name: str, base_fingerprint: str, hypernet_fingerprint: str) -> None:
+        """Raise unless the collection is empty or was built with these models.
+
+        Raises:
+            IncompatibleAdapterError: recorded fingerprints differ from the given ones.
+        """
+        m = self.manifest
+        if not m.documents:
+            return
+        if (m.base_fingerprint, m.hypernet_fingerprint) != (base_fingerprint, hypernet_fingerprint):
+            raise IncompatibleAdapterError(
+                f"collection {self.name!r} was built with base model {m.base_model!r} (fingerprint "
+                f"{m.base_fingerprint}) and hypernetwork {m.hypernet_fingerprint}, but the loaded models are "
+                f"{base_name!r} ({base_fingerprint}) and hypernetwork {hypernet_fingerprint}. Open it with the "
+                "models it was built with, or ingest the documents into a new collection."
+            )
+
+    # ---------------------------------------------------------------- writing
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the collection's writer lock (across processes); reload the manifest and sweep orphans first.
+
+        Raises:
+            CollectionError: the directory cannot be created.
+        """
+        try:
+            (self.directory / ADAPTERS_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CollectionError(f"cannot create collection directory {self.directory}: {exc}") from exc
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            logger.info("waiting for another writer of collection %r to finish", self.name)
+            self._lock.acquire()
+        try:
+            self.refresh(force=True)  # a writer must never build on a stale manifest
+            if self._lock.lock_counter == 1:  # the outermost holder: nobody is mid-write
+                self._sweep()
+            yield
+        finally:
+            self._lock.release()
+
+    def write_chunk(self, key: str, adapter: LoRAAdapter, text: str) -> str:
+        """Write a chunk's adapter file with its text (atomically); returns the file's checksum.
+
+        Call inside :meth:`locked`, for keys the manifest does not hold yet (their files
+        must not change under readers).
+        """
+        data = adapter_to_bytes(adapter, {TEXT_KEY: text})
+        atomic_write(self.chunk_path(key), data)
+        return sha256(data)
+
+    def commit(self, record: DocumentRecord | None = None, *, remove: str | None = None,
+               models: dict[str, str] | None = None) -> None:
+        """Add or replace ``record`` and/or remove document ``remove``, then write the manifest atomically.
+
+        Call inside :meth:`locked`. ``models`` (``base_model``, ``base_fingerprint``,
+        ``hypernet_fingerprint``) stamps the manifest.
+        """
+        manifest = self.manifest.model_copy(deep=True)
+        if remove is not None:
+            manifest.documents.pop(remove, None)
+        if record is not None:
+            manifest.documents[record.doc_id] = record
+        if models:
+            manifest = manifest.model_copy(update=models)
+        manifest.revision += 1
+        atomic_write(self.manifest_path, manifest.model_dump_json(indent=1).encode("utf-8"))
+        self.manifest = manifest
+        self._stat = self._manifest_stat()
+        self._sweep()
+
+    def remove(self, doc_id: str) -> None:
+        """Delete a document and the chunk files only it used.
+
+        Raises:
+            DocumentNotFoundError: no such document.
+        """
+        with self.locked():
+            self.record(doc_id)
+            self.commit(remove=doc_id)
+
+    def _sweep(self) -> None:
+        """Delete chunk files the manifest does not refer to, and leftover temporary files."""
+        keep = {f"{key}{CHUNK_SUFFIX}" for key in self.chunk_checksums()}
+        removed = 0
+        for path in (self.directory / ADAPTERS_DIR).iterdir():
+            if path.name not in keep and (path.suffix == CHUNK_SUFFIX or path.name.endswith(TMP_SUFFIX)):
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            logger.debug("collection %r: removed %d unreferenced files", self.name, removed)
+
+
+def list_collections(root: str | Path) -> list[str]:
+    """Names of the collections (directories holding a manifest) under ``root``, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST_NAME).is_file())
+

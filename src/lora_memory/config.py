@@ -1,0 +1,73 @@
+"""Configuration of a memory: which models, how documents are chunked and cached, how answers are composed.
+
+One pydantic model, saved and restored as JSON (:meth:`MemoryConfig.to_dict` /
+:meth:`MemoryConfig.from_dict`) with a version stamp; keys written by a newer
+version are dropped with a warning. Invalid values raise pydantic's
+``ValidationError`` (a ``ValueError``) naming the field.
+
+Example:
+    >>> config = MemoryConfig(top_k=4, max_rank=32)
+    >>> MemoryConfig.from_dict(config.to_dict()) == config
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .generation import GenerationConfig
+
+logger = logging.getLogger(__name__)
+
+CONFIG_VERSION = 1
+DEFAULT_CACHE_SIZE_LIMIT = 4 * 2**30  # 4 GiB: ~2,000 chunk adapters of the embedded model (2 MiB each in fp32)
+DEFAULT_INGEST_BATCH_SIZE = 8  # chunks encoded per hypernetwork pass
+
+
+class MemoryConfig(BaseModel):
+    """Settings of a :class:`lora_memory.LoRAMemory`."""
+
+    base_model: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct), a local directory or "
+                                                    "a Hugging Face id already in the local cache.")
+    hypernet: str | None = Field(None, description="Directory of a Doc-to-LoRA checkpoint; None means the shipped "
+                                                   "checkpoint when it fits the base model, else a seeded random "
+                                                   "initialisation (logged as a warning).")
+    dtype: str = Field("auto", description="Base-model dtype: auto (bf16), bf16, fp16 or fp32.")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    chunk_tokens: int | None = Field(None, ge=8, description="Longest chunk in base-model tokens; None means the "
+                                                             "hypernetwork's max_chunk_tokens.")
+    ingest_batch_size: int = Field(DEFAULT_INGEST_BATCH_SIZE, ge=1,
+                                   description="Chunks encoded per hypernetwork pass; bounds ingest memory.")
+    cache_dir: Path | None = Field(None, description="Shared adapter cache directory; None means "
+                                                     "lora_memory.paths.adapter_cache_dir().")
+    cache_size_limit_bytes: int = Field(DEFAULT_CACHE_SIZE_LIMIT, ge=2**20,
+                                        description="Size of the shared adapter cache in bytes before the least "
+                                                    "recently used entries are evicted.")
+    top_k: int | None = Field(None, ge=1, description="Apply only the k chunks that best match the question "
+                                                      "(BM25); None applies every chunk.")
+    max_rank: int | None = Field(None, ge=1, description="Compress the composed adapter to this rank (SVD); "
+                                                         "None keeps the full concatenated rank.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding defaults.")
+    config_version: int = Field(CONFIG_VERSION, description="Version of this schema that wrote the config.")
+
+    model_config = {"extra": "forbid"}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (paths as strings)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemoryConfig:
+        """Build from :meth:`to_dict` output, dropping (with a warning) keys a newer version added.
+
+        Raises:
+            pydantic.ValidationError: a value is invalid (the message names the field).
+        """
+        unknown = set(data) - set(cls.model_fields)
+        if unknown:
+            logger.warning("ignoring unknown memory config keys: %s", sorted(unknown))
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})

@@ -1,0 +1,84 @@
+"""Internalizing one document into a collection: chunk, look up or encode each chunk, store its adapter.
+
+Chunks are processed in batches so memory stays bounded by the batch, whatever
+the document's length: each batch's adapters come from the collection (already
+stored), the shared cache, or one hypernetwork pass, and are written to the
+collection's chunk files before the next batch starts. Nothing here touches the
+manifest: the caller commits the returned record, which makes the document
+appear all at once. An interrupted ingest leaves its encoded chunks in the
+shared cache, so running it again resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from tqdm.auto import tqdm
+
+from .adapter import LoRAAdapter
+from .base import BaseModel
+from .cache import AdapterCache
+from .chunking import Chunk, chunk_text
+from .collection import SNIPPET_CHARS, ChunkRecord, Collection, DocumentRecord
+from .errors import EmptyDocumentError
+from .hypernet import DocToLoRA
+from .loaders import LoadedDocument
+
+
+def content_sha256(text: str) -> str:
+    """Checksum of a document's text, recorded to skip re-ingesting an unchanged document."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def ingest_document(doc: LoadedDocument, *, base: BaseModel, hypernet: DocToLoRA, cache: AdapterCache,
+                    collection: Collection, chunk_tokens: int, batch_size: int,
+                    progress: bool = False) -> DocumentRecord:
+    """Store every chunk adapter of ``doc`` in ``collection`` and return its (uncommitted) manifest record.
+
+    Call while holding ``collection.locked()``.
+
+    Raises:
+        EmptyDocumentError: the document has no text.
+    """
+    try:
+        chunks = chunk_text(base.tokenizer, doc.text, chunk_tokens)
+    except EmptyDocumentError as exc:
+        raise EmptyDocumentError(f"document {doc.doc_id!r}: {exc}") from exc
+    records: list[ChunkRecord] = []
+    checksums = collection.chunk_checksums()  # grows with this document's chunks as they are written
+    # disable=None: a bar only when stderr is a terminal
+    with tqdm(total=len(chunks), desc=f"internalizing {doc.doc_id}", unit="chunk",
+              disable=None if progress else True) as bar:
+        for start in range(0, len(chunks), batch_size):
+            batch = chunks[start:start + batch_size]
+            records.extend(_store_batch(batch, base, hypernet, cache, collection, checksums))
+            bar.update(len(batch))
+    return DocumentRecord(doc_id=doc.doc_id, source=doc.source, metadata=dict(doc.metadata), added_at=time.time(),
+                          content_sha256=content_sha256(doc.text), chunk_tokens=chunk_tokens, chunks=records)
+
+
+def _store_batch(batch: list[Chunk], base: BaseModel, hypernet: DocToLoRA, cache: AdapterCache,
+                 collection: Collection, checksums: dict[str, str]) -> list[ChunkRecord]:
+    """Records for ``batch``; chunk files not in ``checksums`` are written and added to it."""
+    keys = [AdapterCache.key(hypernet.fingerprint, base.fingerprint, c.token_ids) for c in batch]
+    needed = {k: c for k, c in zip(keys, batch) if k not in checksums}  # also drops repeats within the batch
+    adapters = {k: cache.get(k) for k in needed}
+    missing = [k for k, a in adapters.items() if a is None]
+    if missing:
+        encoded = hypernet.adapters_for_chunks(base, [needed[k] for k in missing], batch_size=len(missing))
+        for k, adapter in zip(missing, encoded):
+            adapters[k] = _plain(adapter, base, hypernet)
+            cache.put(k, adapters[k])
+    for k, chunk in needed.items():
+        checksums[k] = collection.write_chunk(k, adapters[k], chunk.text)
+    return [ChunkRecord(key=k, sha256=checksums[k], char_start=c.char_start, char_end=c.char_end,
+                        n_tokens=len(c.token_ids), snippet=c.text[:SNIPPET_CHARS])
+            for k, c in zip(keys, batch)]
+
+
+def _plain(adapter: LoRAAdapter, base: BaseModel, hypernet: DocToLoRA) -> LoRAAdapter:
+    """The adapter on the CPU with only position-independent metadata, so equal chunks store equal bytes."""
+    meta = {"base_model": base.name, "base_fingerprint": base.fingerprint,
+            "hypernet_fingerprint": hypernet.fingerprint}
+    return LoRAAdapter(adapter.to("cpu").weights, adapter.scaling, meta)

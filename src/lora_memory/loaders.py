@@ -1,0 +1,242 @@
+"""Turning what a user hands the memory (text, files, directories) into plain-text documents.
+
+Supported: a ``str`` (the text itself), UTF-8 text files (``.txt``, ``.md`` and any
+other suffix whose content is text), ``.pdf`` (its text layer, via pypdf),
+``.html``/``.htm`` (tags stripped), and directories (searched recursively with a
+glob pattern; hidden files and folders are skipped). Every failure is a specific
+:mod:`lora_memory.errors` exception that names the file.
+
+Document ids are deterministic so re-ingesting the same source replaces, never
+duplicates: a file's name, a file's path relative to the directory it was found
+in, or ``text-<sha256 prefix>`` for raw text.
+
+Example:
+    >>> [doc] = load_documents("Paris is the capital of France.")
+    >>> doc.doc_id.startswith("text-"), doc.text
+    (True, 'Paris is the capital of France.')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+from .errors import DocumentNotFoundError, EmptyDocumentError, LoRAMemoryError, UnsupportedDocumentError
+
+logger = logging.getLogger(__name__)
+
+Source = str | os.PathLike | Iterable[str | os.PathLike]
+
+SNIFF_BYTES = 8192  # bytes read to decide whether a file is binary
+MAX_CONTROL_RATIO = 0.1  # more control characters than this (in the sniffed bytes) means binary
+TEXT_ID_PREFIX = "text-"
+TEXT_ID_HASH_CHARS = 12
+_ALLOWED_CONTROL = {ord(c) for c in "\t\n\r\f\v\b\x1b"}
+_HTML_SUFFIXES = {".html", ".htm"}
+_SPACES = re.compile(r"\s+")
+_BLANK_RUNS = re.compile(r"\n{2,}")
+
+
+@dataclass(frozen=True)
+class LoadedDocument:
+    """A document's text, its id, where it came from, and user metadata."""
+
+    doc_id: str
+    text: str
+    source: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def text_doc_id(text: str) -> str:
+    """The deterministic id of a raw-text document: ``text-`` and a prefix of its sha256."""
+    return TEXT_ID_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()[:TEXT_ID_HASH_CHARS]
+
+
+def load_documents(source: Source, *, doc_id: str | None = None, metadata: Mapping[str, Any] | None = None,
+                   glob: str = "**/*") -> Iterator[LoadedDocument]:
+    """Yield the documents in ``source``, one at a time (so a huge directory is never all in memory).
+
+    Args:
+        source: a ``str`` (the text itself, never a path), a path to a file or a
+            directory, or an iterable of these.
+        doc_id: the id of the single document ``source`` holds; ``ValueError`` when
+            it holds more than one.
+        metadata: attached to every document.
+        glob: pattern selecting files inside directories.
+
+    Raises:
+        DocumentNotFoundError: a path does not exist.
+        EmptyDocumentError: a document has no text (a directory: no readable file matched).
+        UnsupportedDocumentError: a file is binary, not UTF-8, a corrupt or encrypted PDF.
+        ValueError: ``doc_id`` is given for a source with several documents.
+        TypeError: ``source`` is of another type.
+    """
+    meta = dict(metadata or {})
+    count = 0
+    for doc in _iter_source(source, glob):
+        count += 1
+        if doc_id is not None:
+            if count > 1:
+                raise ValueError("doc_id was given but the source holds more than one document")
+            doc = LoadedDocument(doc_id, doc.text, doc.source, doc.metadata)
+        yield LoadedDocument(doc.doc_id, doc.text, doc.source, {**doc.metadata, **meta})
+
+
+def _iter_source(source: Source, glob: str) -> Iterator[LoadedDocument]:
+    if isinstance(source, str):
+        if "\n" not in source and len(source) < 256 and os.path.exists(source):
+            logger.warning("a str is ingested as text, not as the file %r; pass pathlib.Path(%r) to load it",
+                           source, source)
+        yield LoadedDocument(text_doc_id(_nonempty(source, "the text")), source)
+    elif isinstance(source, os.PathLike):
+        path = Path(source)
+        if path.is_dir():
+            yield from _iter_directory(path, glob)
+        else:
+            yield LoadedDocument(path.name, load_file(path), str(path))
+    elif isinstance(source, bytes):
+        raise TypeError("bytes are not a document: decode them to str, or pass a file path")
+    elif isinstance(source, Iterable):
+        for item in source:
+            if not isinstance(item, (str, os.PathLike)):
+                raise TypeError(f"expected str text or a path inside the iterable, got {type(item).__name__}")
+            yield from _iter_source(item, glob)
+    else:
+        raise TypeError(f"expected str text, a path, or an iterable of them; got {type(source).__name__}")
+
+
+def _iter_directory(root: Path, glob: str) -> Iterator[LoadedDocument]:
+    """Readable files under ``root`` matching ``glob``; unreadable ones are skipped with a warning."""
+    found = 0
+    for path in sorted(root.glob(glob)):
+        rel = path.relative_to(root)
+        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        try:
+            text = load_file(path)
+        except (EmptyDocumentError, UnsupportedDocumentError) as exc:
+            logger.warning("skipping %s: %s", path, exc)
+            continue
+        found += 1
+        yield LoadedDocument(rel.as_posix(), text, str(path))
+    if not found:
+        raise EmptyDocumentError(f"no readable document in {root} matches {glob!r}")
+
+
+def load_file(path: str | os.PathLike[str]) -> str:
+    """The text of one file, chosen by its suffix (``.pdf``, ``.html``/``.htm``, anything else as UTF-8 text).
+
+    Raises:
+        DocumentNotFoundError: the file does not exist.
+        EmptyDocumentError: the file has no text.
+        UnsupportedDocumentError: the file is binary, not UTF-8, or a corrupt or encrypted PDF.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DocumentNotFoundError(f"no such file: {path}")
+    if path.is_dir():
+        raise UnsupportedDocumentError(f"{path} is a directory; pass it as a source to load the files inside")
+    suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        return _load_pdf(path)
+    text = _read_text(path)
+    if suffix in _HTML_SUFFIXES:
+        text = html_to_text(text)
+    return _nonempty(text, str(path))
+
+
+def _nonempty(text: str, what: str) -> str:
+    if not text.strip():
+        raise EmptyDocumentError(f"{what} has no text (empty or whitespace only)")
+    return text
+
+
+def is_binary(head: bytes) -> bool:
+    """Whether the first bytes of a file look binary: a NUL byte, or many control characters."""
+    if b"\x00" in head:
+        return True
+    control = sum(1 for b in head if b < 32 and b not in _ALLOWED_CONTROL)
+    return bool(head) and control / len(head) > MAX_CONTROL_RATIO
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    if is_binary(data[:SNIFF_BYTES]):
+        raise UnsupportedDocumentError(f"{path} looks like a binary file, not text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UnsupportedDocumentError(f"{path} is not valid UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                       "convert it to UTF-8 first") from exc
+
+
+def _load_pdf(path: Path) -> str:
+    """The text layer of a PDF, pages separated by blank lines."""
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError, PyPdfError
+
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise UnsupportedDocumentError(f"{path} is an encrypted (password-protected) PDF; "
+                                           "decrypt it first, e.g. `qpdf --decrypt --password=... in.pdf out.pdf`")
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except LoRAMemoryError:
+        raise
+    except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        # pypdf raises many types on malformed input; all mean "this file cannot be read as a PDF".
+        raise UnsupportedDocumentError(f"{path} is not a readable PDF: {exc}") from exc
+    text = "\n\n".join(p.strip() for p in pages if p.strip())
+    if not text:
+        raise EmptyDocumentError(f"{path} has no text layer (a scanned PDF?); run OCR on it first")
+    return text
+
+
+class _TextExtractor(HTMLParser):
+    """Collects an HTML page's visible text, with line breaks at block elements.
+
+    Whitespace inside text collapses to one space, as a browser renders it, except in ``<pre>``.
+    """
+
+    _SKIP = {"script", "style", "noscript", "template"}
+    _BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article",
+              "header", "footer", "pre", "blockquote", "table", "ul", "ol", "dt", "dd", "hr", "title"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._depth = {"skip": 0, "pre": 0}
+
+    def _enter(self, tag: str, step: int) -> None:
+        if tag in self._SKIP:
+            self._depth["skip"] = max(0, self._depth["skip"] + step)
+        elif tag in self._BLOCK:
+            self.parts.append("\n")
+            if tag == "pre":
+                self._depth["pre"] = max(0, self._depth["pre"] + step)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._enter(tag, +1)
+
+    def handle_endtag(self, tag: str) -> None:
+        self._enter(tag, -1)
+
+    def handle_data(self, data: str) -> None:
+        if not self._depth["skip"]:
+            self.parts.append(data if self._depth["pre"] else _SPACES.sub(" ", data))
+
+
+def html_to_text(html: str) -> str:
+    """Visible text of an HTML page (and its title): scripts and styles dropped, whitespace tidied."""
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    lines = [line.strip() for line in "".join(parser.parts).split("\n")]
+    return _BLANK_RUNS.sub("\n\n", "\n".join(lines)).strip()

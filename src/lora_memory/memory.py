@@ -1,0 +1,376 @@
+"""The memory backend: a named collection of internalized documents you can ask questions.
+
+``add`` turns each document into per-chunk LoRA adapters (one hypernetwork pass
+per batch of chunks, cached by content) and records them in the collection.
+``ask`` composes the chunk adapters (all of them, or the ``top_k`` a BM25 router
+picks for the question), optionally compresses the result to ``max_rank``,
+applies it to the frozen base model and generates an answer from the question
+alone: the documents are never in the prompt. Every answer says which chunks
+were applied.
+
+Example:
+    >>> mem = LoRAMemory.open("notes")  # doctest: +SKIP
+    >>> mem.add(Path("handbook.pdf"))  # doctest: +SKIP
+    ['handbook.pdf']
+    >>> mem.ask("How many vacation days do new staff get?").text  # doctest: +SKIP
+    '25 days.'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel as PydanticModel
+from pydantic import Field
+
+from .adapter import LoRAAdapter
+from .base import BaseModel
+from .cache import AdapterCache
+from .collection import Collection, DocumentInfo
+from .composer import Composer
+from .config import MemoryConfig
+from .errors import CollectionError
+from .generation import GenerationConfig, Messages, encode_chat, generate, stream
+from .hypernet import DocToLoRA
+from .ingest import content_sha256, ingest_document
+from .loaders import LoadedDocument, Source as DocumentSource, load_documents, text_doc_id
+from .models import load_models
+from .paths import collections_dir
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COLLECTION = "default"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+Question = str | Messages
+
+
+class Source(PydanticModel):
+    """One chunk applied to answer a question."""
+
+    doc_id: str
+    chunk_index: int
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    snippet: str = Field(description="The chunk's first characters (at most 200).")
+    score: float | None = Field(None, description="The router's score; None when every chunk is applied.")
+
+
+class Answer(PydanticModel):
+    """A generated answer and what produced it."""
+
+    text: str
+    sources: list[Source]
+    adapter_rank: int = Field(description="Rank of the applied adapter (0: none).")
+    timings: dict[str, float] = Field(description="Seconds spent in 'compose', 'generate' and in 'total'.")
+    prompt_tokens: int
+    completion_tokens: int
+    closed_book: bool = Field(False, description="True when no document was applied (the collection is empty).")
+
+
+class LoRAMemory:
+    """A collection of internalized documents, answering through the base model with their adapters applied.
+
+    Build one with :meth:`open`. Thread-safe; several processes may use one
+    collection (writers take a file lock, readers see each commit atomically).
+    """
+
+    def __init__(self, name: str, collection: Collection, config: MemoryConfig, base: BaseModel,
+                 hypernet: DocToLoRA, cache: AdapterCache):
+        self.name = name
+        self.config = config
+        self.base = base
+        self.hypernet = hypernet
+        self.cache = cache
+        self.collection = collection
+        self._composer = Composer(collection, base, hypernet, config.top_k, config.max_rank)
+
+    @classmethod
+    def open(cls, name: str = DEFAULT_COLLECTION, directory: str | Path | None = None,
+             config: MemoryConfig | None = None, base: BaseModel | None = None,
+             hypernet: DocToLoRA | None = None) -> LoRAMemory:
+        """Open (or create) a collection.
+
+        Args:
+            name: the collection's name; its directory is ``collections_dir() / name``
+                unless ``directory`` is given.
+            directory: where the collection lives.
+            config: settings; None means defaults (the embedded base model).
+            base: an already loaded base model (else loaded from ``config``).
+            hypernet: an already loaded hypernetwork (else loaded from ``config``).
+
+        Raises:
+            ValueError: ``name`` is not a valid directory name, or ``config.chunk_tokens``
+                exceeds the hypernetwork's ``max_chunk_tokens``.
+            ModelNotFoundError: a model cannot be found.
+            IncompatibleAdapterError: the collection was built with other models, or the
+                hypernetwork does not fit the base model.
+            CorruptEntryError: the collection's manifest cannot be parsed.
+        """
+        config = config or MemoryConfig()
+        if directory is None:
+            if not _NAME.match(name):
+                raise ValueError(f"name: collection names use letters, digits, '.', '_' and '-'; got {name!r}")
+            directory = collections_dir() / name
+        base, hypernet = load_models(config, base, hypernet)
+        limit = hypernet.config.max_chunk_tokens
+        if config.chunk_tokens is not None and config.chunk_tokens > limit:
+            raise ValueError(f"chunk_tokens ({config.chunk_tokens}) exceeds the hypernetwork's "
+                             f"max_chunk_tokens ({limit})")
+        collection = Collection(directory, name)
+        collection.check_models(base.name, base.fingerprint, hypernet.fingerprint)
+        cache = AdapterCache(config.cache_dir, config.cache_size_limit_bytes)
+        return cls(name, collection, config, base, hypernet, cache)
+
+    # ----------------------------------------------------------- documents
+    def add(self, source: DocumentSource, *, doc_id: str | None = None, metadata: Mapping[str, Any] | None = None,
+            glob: str = "**/*", progress: bool = True) -> list[str]:
+        """Internalize documents; returns their ids.
+
+        Each document is stored all-or-nothing; documents added before an error stay.
+        A document whose id exists is replaced (skipped if unchanged).
+
+        Args:
+            source: ``str`` text, a file or directory path, or an iterable of them.
+            doc_id: id of the single document in ``source`` (default: file name,
+                path relative to the directory, or a hash of the text).
+            metadata: attached to every document added.
+            glob: which files of a directory to read.
+            progress: show a progress bar on stderr (when it is a terminal).
+
+        Raises:
+            DocumentNotFoundError, EmptyDocumentError, UnsupportedDocumentError: bad input
+                (see :func:`lora_memory.loaders.load_documents`).
+            IncompatibleAdapterError: another process stamped the collection with other models.
+        """
+        return self._ingest(load_documents(source, doc_id=doc_id, metadata=metadata, glob=glob), progress)
+
+    def add_documents(self, docs: Iterable[tuple[str, str | None, Mapping[str, Any] | None]], *,
+                      progress: bool = False) -> list[str]:
+        """Internalize ``(text, doc_id or None, metadata or None)`` triples; returns their ids.
+
+        Raises:
+            EmptyDocumentError: a text is empty.
+        """
+        loaded = (LoadedDocument(doc_id or text_doc_id(text), text, None, dict(metadata or {}))
+                  for text, doc_id, metadata in docs)
+        return self._ingest(loaded, progress)
+
+    def update(self, doc_id: str, source: DocumentSource, metadata: Mapping[str, Any] | None = None) -> str:
+        """Replace an existing document's content (and metadata, when given; else it is kept).
+
+        Raises:
+            DocumentNotFoundError: no such document.
+            ValueError: ``source`` holds more than one document.
+        """
+        with self._writing():
+            old = self.collection.record(doc_id)
+            [doc] = load_documents(source, doc_id=doc_id)
+            keep = dict(metadata) if metadata is not None else old.metadata
+            self._store(dataclasses.replace(doc, metadata=keep), progress=False)
+        return doc_id
+
+    def delete(self, doc_id: str) -> None:
+        """Remove a document and its chunk files.
+
+        Raises:
+            DocumentNotFoundError: no such document.
+        """
+        self.collection.remove(doc_id)
+
+    def list(self) -> list[DocumentInfo]:
+        """Every document, in the order they were first added."""
+        self.collection.refresh()
+        return [record.info() for record in self.collection.documents.values()]
+
+    def get(self, doc_id: str) -> DocumentInfo:
+        """One document's info.
+
+        Raises:
+            DocumentNotFoundError: no such document.
+        """
+        self.collection.refresh()
+        return self.collection.record(doc_id).info()
+
+    def __len__(self) -> int:
+        self.collection.refresh()
+        return len(self.collection.documents)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The collection's writer lock, after checking no other process stamped it with other models."""
+        with self.collection.locked():
+            self.collection.check_models(self.base.name, self.base.fingerprint, self.hypernet.fingerprint)
+            yield
+
+    def _ingest(self, docs: Iterable[LoadedDocument], progress: bool) -> list[str]:
+        ids = []
+        with self._writing():
+            for doc in docs:
+                self._store(doc, progress)
+                ids.append(doc.doc_id)
+        return ids
+
+    def _store(self, doc: LoadedDocument, progress: bool) -> None:
+        """Ingest and commit one document (inside the writer lock)."""
+        chunk_tokens = self.config.chunk_tokens or self.hypernet.config.max_chunk_tokens
+        old = self.collection.documents.get(doc.doc_id)
+        if old is not None:
+            if (old.content_sha256, old.metadata, old.source, old.chunk_tokens) == (
+                    content_sha256(doc.text), dict(doc.metadata), doc.source, chunk_tokens):
+                logger.info("document %r is unchanged", doc.doc_id)
+                return
+            logger.info("replacing document %r", doc.doc_id)
+        record = ingest_document(doc, base=self.base, hypernet=self.hypernet, cache=self.cache,
+                                 collection=self.collection, chunk_tokens=chunk_tokens,
+                                 batch_size=self.config.ingest_batch_size, progress=progress)
+        self.collection.commit(record, models={"base_model": self.base.name,
+                                               "base_fingerprint": self.base.fingerprint,
+                                               "hypernet_fingerprint": self.hypernet.fingerprint})
+
+    # ------------------------------------------------------------ adapters
+    def adapter(self, question: Question | None = None, *, task: str | None = None) -> LoRAAdapter | None:
+        """The adapter ``ask`` would apply: every chunk, or (with ``top_k`` and a question) the routed ones.
+
+        None when the collection is empty and no task is given.
+        """
+        return self._prepare(question, task)[0]
+
+    def export_peft(self, directory: str | Path) -> Path:
+        """Write the composed adapter of every chunk (compressed to ``max_rank`` if set) as a PEFT directory.
+
+        Raises:
+            CollectionError: the collection is empty.
+        """
+        adapter = self.adapter()
+        if adapter is None:
+            raise CollectionError(f"collection {self.name!r} is empty: nothing to export")
+        return adapter.export_peft(directory, base_model_name_or_path=self.base.name)
+
+    def _prepare(self, question: Question | None, task: str | None) -> tuple[LoRAAdapter | None, list[Source]]:
+        query = None if question is None else _query_text(question)
+        adapter, applied = self._composer.prepare(query, task)
+        return adapter, [Source(doc_id=a.doc.doc_id, chunk_index=a.index, metadata=a.doc.metadata,
+                                snippet=a.chunk.snippet, score=a.score) for a in applied]
+
+    # ------------------------------------------------------------- asking
+    def ask(self, question: Question, *, task: str | None = None, generation: GenerationConfig | None = None,
+            **generation_overrides: Any) -> Answer:
+        """Answer ``question`` with the memory applied; the documents are not in the prompt.
+
+        Args:
+            question: the user's question, or a chat history ending with it.
+            task: a task description; its Text-to-LoRA adapter is added to the documents'.
+            generation: decoding settings (default: ``config.generation``).
+            **generation_overrides: single :class:`GenerationConfig` fields, e.g. ``max_new_tokens=32``.
+
+        Raises:
+            TypeError: an override is not a generation setting.
+            NotImplementedError: ``task`` is given but Text-to-LoRA is not available.
+            CorruptEntryError: a stored chunk adapter fails its checksum.
+        """
+        start = time.perf_counter()
+        adapter, sources = self._prepare(question, task)
+        composed = time.perf_counter()
+        out = generate(self.base.model, self.base.tokenizer, question, adapter,
+                       _generation_config(generation or self.config.generation, generation_overrides))
+        done = time.perf_counter()
+        return Answer(text=out.text, sources=sources, adapter_rank=_rank(adapter),
+                      timings={"compose": composed - start, "generate": done - composed, "total": done - start},
+                      prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                      closed_book=self._closed_book(sources))
+
+    def ask_stream(self, question: Question, *, task: str | None = None, generation: GenerationConfig | None = None,
+                   **generation_overrides: Any) -> tuple[Iterator[str], Answer]:
+        """Stream an answer: the pieces, and an :class:`Answer` whose sources are known at once.
+
+        The answer's ``text``, ``completion_tokens`` and the ``generate``/``total`` timings
+        are filled in when the iterator is exhausted (``completion_tokens`` re-tokenizes the text).
+        Same arguments and errors as :meth:`ask`.
+        """
+        start = time.perf_counter()
+        adapter, sources = self._prepare(question, task)
+        config = _generation_config(generation or self.config.generation, generation_overrides)
+        composed = time.perf_counter()
+        answer = Answer(text="", sources=sources, adapter_rank=_rank(adapter),
+                        timings={"compose": composed - start},
+                        prompt_tokens=int(encode_chat(self.base.tokenizer, question).shape[1]),
+                        completion_tokens=0, closed_book=self._closed_book(sources))
+
+        def pieces() -> Iterator[str]:
+            parts = []
+            for piece in stream(self.base.model, self.base.tokenizer, question, adapter, config):
+                parts.append(piece)
+                yield piece
+            done = time.perf_counter()
+            answer.text = "".join(parts)
+            answer.completion_tokens = len(self.base.tokenizer(answer.text, add_special_tokens=False).input_ids)
+            answer.timings.update(generate=done - composed, total=done - start)
+
+        return pieces(), answer
+
+    def stream(self, question: Question, **kwargs: Any) -> Iterator[str]:
+        """The answer's text piece by piece; the pieces join to :meth:`ask`'s text. Arguments as :meth:`ask`."""
+        return self.ask_stream(question, **kwargs)[0]
+
+    async def aask(self, question: Question, **kwargs: Any) -> Answer:
+        """:meth:`ask` in a worker thread, for asyncio callers."""
+        return await asyncio.to_thread(self.ask, question, **kwargs)
+
+    async def astream(self, question: Question, **kwargs: Any) -> AsyncIterator[str]:
+        """:meth:`stream` for asyncio callers: each piece is awaited from a worker thread."""
+        pieces = await asyncio.to_thread(self.stream, question, **kwargs)
+        end = object()
+        try:
+            while (piece := await asyncio.to_thread(next, pieces, end)) is not end:
+                yield piece
+        finally:
+            await asyncio.to_thread(pieces.close)
+
+    def _closed_book(self, sources: list[Source]) -> bool:
+        if sources:
+            return False
+        logger.warning("collection %r is empty: answering from the base model alone", self.name)
+        return True
+
+    # ------------------------------------------------------------- housekeeping
+    def close(self) -> None:
+        """Release the cache's database connection and the composed adapters."""
+        self.cache.close()
+        self._composer.clear()
+
+    def __enter__(self) -> LoRAMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LoRAMemory(name={self.name!r}, documents={len(self)}, base={self.base.name!r})"
+
+
+def _rank(adapter: LoRAAdapter | None) -> int:
+    return adapter.rank if adapter is not None else 0
+
+
+def _query_text(question: Question) -> str:
+    """The text to route on: the question, or the last user message of a chat."""
+    if isinstance(question, str):
+        return question
+    users = [m.get("content", "") for m in question if m.get("role") == "user"]
+    return users[-1] if users else " ".join(m.get("content", "") for m in question)
+
+
+def _generation_config(config: GenerationConfig, overrides: Mapping[str, Any]) -> GenerationConfig:
+    unknown = set(overrides) - set(GenerationConfig.model_fields)
+    if unknown:
+        raise TypeError(f"unknown generation settings: {sorted(unknown)}; "
+                        f"valid: {sorted(GenerationConfig.model_fields)}")
+    return GenerationConfig(**{**config.model_dump(), **overrides}) if overrides else config

@@ -1,0 +1,126 @@
+"""On-disk primitives shared by the adapter cache and collections.
+
+- Adapters become safetensors *bytes* whose header metadata holds the adapter's
+  JSON config (and any extra strings, such as a chunk's text): one self-describing
+  blob, never a pickle.
+- Files are written atomically: a unique temporary file in the same directory,
+  flushed and fsynced, then ``os.replace``; a crash leaves the old file or the new
+  one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from .adapter import LoRAAdapter
+from .errors import CorruptEntryError
+
+ADAPTER_CONFIG_KEY = "adapter_config"
+TMP_SUFFIX = ".tmp"
+_HEADER_LEN_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
+
+
+def sha256(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def adapter_to_bytes(adapter: LoRAAdapter, extra: Mapping[str, str] | None = None) -> bytes:
+    """Serialise an unbatched adapter as safetensors bytes; ``extra`` strings go into the header metadata.
+
+    Raises:
+        ValueError: the adapter is batched, or ``extra`` uses a reserved key.
+    """
+    if adapter.batched:
+        raise ValueError("only unbatched adapters can be stored; call unbatch() first")
+    extra = dict(extra or {})
+    if {"format", ADAPTER_CONFIG_KEY} & set(extra):
+        raise ValueError(f"'format' and {ADAPTER_CONFIG_KEY!r} are reserved metadata keys")
+    tensors = {k: v.cpu() for k, v in adapter.state_dict().items()}
+    metadata = {"format": "pt", ADAPTER_CONFIG_KEY: json.dumps(adapter.config_dict(), sort_keys=True), **extra}
+    return save_tensors(tensors, metadata=metadata)
+
+
+def adapter_from_bytes(data: bytes, device: str | torch.device = "cpu") -> LoRAAdapter:
+    """Rebuild an adapter from :func:`adapter_to_bytes` output.
+
+    Raises:
+        CorruptEntryError: the bytes are not a valid stored adapter.
+    """
+    try:
+        config = json.loads(safetensors_metadata(data)[ADAPTER_CONFIG_KEY])
+        tensors = load_tensors(data)
+    except (KeyError, json.JSONDecodeError, SafetensorError) as exc:
+        raise CorruptEntryError(f"stored adapter cannot be parsed: {exc}") from exc
+    adapter = LoRAAdapter.from_state_dict(tensors, config)
+    return adapter if str(device) == "cpu" else adapter.to(device)
+
+
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes (or of a file's first bytes), without reading tensors.
+
+    Raises:
+        CorruptEntryError: the header is truncated or not JSON.
+    """
+    if len(data) < _HEADER_LEN_BYTES:
+        raise CorruptEntryError("safetensors data is truncated (no header)")
+    n = int.from_bytes(data[:_HEADER_LEN_BYTES], "little")
+    header = data[_HEADER_LEN_BYTES:_HEADER_LEN_BYTES + n]
+    if len(header) < n:
+        raise CorruptEntryError("safetensors header is truncated")
+    try:
+        return dict(json.loads(header).get("__metadata__", {}))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise CorruptEntryError(f"safetensors header is not valid JSON: {exc}") from exc
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    """:func:`safetensors_metadata` of a file, reading only its header."""
+    with open(path, "rb") as f:
+        head = f.read(_HEADER_LEN_BYTES)
+        n = int.from_bytes(head, "little") if len(head) == _HEADER_LEN_BYTES else 0
+        return safetensors_metadata(head + f.read(n))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old content or all of the new, never a mix.
+
+    Raises:
+        OSError: the directory is not writable or the disk is full (``path`` is left untouched).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,58 @@
+"""Helpers for the memory and CLI tests: a tiny hypernetwork whose adapters are not zero, and saved tiny models.
+
+A plain module (not a conftest) so a ``spawn``-ed worker process can import it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora_memory.base import BaseModel
+from lora_memory.hypernet import DocToLoRA
+
+TINY_HYPERNET = {"input_layer": 2, "max_chunk_tokens": 32}
+NOISE_STD = 0.05
+
+
+def tiny_hypernet(base: BaseModel, seed: int = 0) -> DocToLoRA:
+    """A random Doc-to-LoRA for a 4-layer tiny base, with every weight perturbed.
+
+    The default initialisation makes every adapter zero (a no-op); the noise makes
+    adapters depend on the chunk, so tests can tell them apart.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hypernet = DocToLoRA.for_base_model(base, **TINY_HYPERNET)
+        with torch.no_grad():
+            for p in hypernet.parameters():
+                p.add_(torch.randn_like(p) * NOISE_STD)
+    hypernet.invalidate_fingerprint()
+    return hypernet.eval()
+
+
+def save_models(base: BaseModel, hypernet: DocToLoRA, directory: Path) -> tuple[Path, Path]:
+    """Save the base model (with its tokenizer) and the hypernetwork; returns their directories."""
+    base_dir, hypernet_dir = directory / "base", directory / "hypernet"
+    base.model.save_pretrained(base_dir)
+    base.tokenizer.save_pretrained(base_dir)
+    hypernet.save_pretrained(hypernet_dir)
+    return base_dir, hypernet_dir
+
+
+def add_in_subprocess(base_dir: str, hypernet_dir: str, collection_dir: str, cache_dir: str,
+                      docs: dict[str, str], barrier: Any) -> None:
+    """Worker for the concurrent-writer test: open the collection from saved models, wait for the other
+    workers at ``barrier`` (a ``multiprocessing.Barrier``), then add ``docs`` one by one."""
+    torch.set_num_threads(1)
+    from lora_memory.config import MemoryConfig
+    from lora_memory.memory import LoRAMemory
+
+    config = MemoryConfig(base_model=base_dir, hypernet=hypernet_dir, dtype="fp32", device="cpu",
+                          cache_dir=cache_dir, ingest_batch_size=1)
+    memory = LoRAMemory.open("shared", directory=collection_dir, config=config)
+    barrier.wait(timeout=120)
+    for doc_id, text in docs.items():  # one lock per document, so the two workers interleave
+        memory.add(text, doc_id=doc_id, progress=False)

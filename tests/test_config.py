@@ -1,0 +1,48 @@
+"""MemoryConfig: defaults, validation naming the field, JSON round trip, forward compatibility."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from lora_memory.config import CONFIG_VERSION, DEFAULT_CACHE_SIZE_LIMIT, MemoryConfig
+from lora_memory.generation import GenerationConfig
+
+
+def test_defaults():
+    config = MemoryConfig()
+    assert config.base_model == "embedded" and config.hypernet is None and config.cache_dir is None
+    assert config.top_k is None and config.max_rank is None and config.chunk_tokens is None
+    assert config.cache_size_limit_bytes == DEFAULT_CACHE_SIZE_LIMIT and config.config_version == CONFIG_VERSION
+
+
+@pytest.mark.parametrize("config", [
+    MemoryConfig(),
+    MemoryConfig(base_model="/models/x", hypernet="/ckpt", dtype="fp32", device="cpu", chunk_tokens=128,
+                 ingest_batch_size=2, cache_dir=Path("/tmp/c"), cache_size_limit_bytes=2**30, top_k=3,
+                 max_rank=16, generation=GenerationConfig(max_new_tokens=9, stop=["\n"])),
+])
+def test_round_trip_through_json(config):
+    data = json.loads(json.dumps(config.to_dict()))
+    assert MemoryConfig.from_dict(data) == config
+    assert data["config_version"] == CONFIG_VERSION
+
+
+@pytest.mark.parametrize("field, value", [("top_k", 0), ("max_rank", -1), ("chunk_tokens", 4),
+                                          ("cache_size_limit_bytes", 10), ("ingest_batch_size", 0)])
+def test_invalid_values_name_the_field(field, value):
+    with pytest.raises(ValidationError) as info:
+        MemoryConfig(**{field: value})
+    assert [e["loc"] for e in info.value.errors()] == [(field,)]
+
+
+def test_unknown_keys_are_refused_directly_but_dropped_from_saved_dicts(caplog):
+    with pytest.raises(ValidationError, match="top_kk"):
+        MemoryConfig(top_kk=3)
+    with caplog.at_level(logging.WARNING, logger="lora_memory.config"):
+        config = MemoryConfig.from_dict({**MemoryConfig(top_k=2).to_dict(), "added_in_v9": True})
+    assert config.top_k == 2 and "added_in_v9" in caplog.text
