@@ -1,0 +1,26 @@
+"""Smoke tests: each script in examples/ runs to the end on the embedded model (offline) and prints its results."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("script", "expected"), [
+    ("llamaindex_rag_swap.py", ["adapters applied from: ['bridge', 'club']", "(no document text in the prompt)",
+                                "Streamed: "]),
+    ("langchain_chain.py", ["A: ", "Streamed: ", "Sources: [('vacation', 0), ('expenses', 0)]", "'output_tokens': "]),
+    ("agent_with_memory_tool.py", ["project_notes('When is the Atlas launch?') -> ", "from: [('launch', ",
+                                   "finance_rules('Who approves budgets above 10,000 euros?') -> ",
+                                   "from: [('budget', ", "Agent: "]),
+])
+def test_example_runs(script: str, expected: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+    out = capsys.readouterr().out
+    for text in expected:
+        assert text in out, f"{script} did not print {text!r}:\n{out}"
