@@ -63,7 +63,7 @@ class T2LConfig(PydanticModel):
     rank: int = Field(8, ge=1, description="LoRA rank.")
     lora_scaling: float = Field(2.0, gt=0, description="LoRA output scaling (alpha / r; 16 / 8 in T2L).")
     task_encoder: Literal["minilm", "base"] = Field(
-        "minilm", description="minilm: all-MiniLM-L6-v2 sentence embeddings; base: the base model's mean-pooled states.")
+        "minilm", description="minilm: all-MiniLM-L6-v2 sentence embeddings; base: the base model's own states.")
     hidden_dim: int = Field(128, ge=8, description="Width of the slot features and MLP blocks.")
     n_blocks: int = Field(2, ge=0, description="Residual MLP blocks.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the MLP blocks (training only).")

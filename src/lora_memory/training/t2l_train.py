@@ -40,7 +40,7 @@ from ..base import BaseModel, load_base_model
 from ..hypernet.t2l import T2LConfig, TextToLoRA
 from .checkpoint import read_state, restore_optimizer, save_checkpoint
 from .objectives import LossOutput, answer_loss
-from .t2l_data import TASKS, Task, TaskBatch, task_batches, task_split
+from .t2l_data import TASKS, Task, TaskBatch, task_batches, task_by_name, task_split
 from .trainer import get_lr
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class T2LTrainConfig(PydanticModel):
     mode: Literal["sft", "recon"] = Field("sft", description="sft: end-to-end CE; recon: reproduce task LoRAs.")
     base_model: str = Field("embedded", description="Base model id/path, or 'embedded'.")
     t2l: T2LConfig = Field(default_factory=T2LConfig)
+    tasks: list[str] | None = Field(None, description="Names of the tasks to train on; None: every training task.")
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(8, ge=1, description="Rows per step, each with its own task and description.")
     lr: float = Field(1e-3, gt=0)
@@ -191,8 +192,13 @@ def _trim_log(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in keep))
 
 
-def train(cfg: T2LTrainConfig, base: BaseModel | None = None, progress: bool = True) -> TextToLoRA:
-    """Run (or resume) ``cfg`` to ``cfg.steps``; returns the trained T2L, also saved to ``out_dir/t2l``."""
+def train(cfg: T2LTrainConfig, base: BaseModel | None = None, progress: bool = True,
+          until: int | None = None) -> TextToLoRA:
+    """Run (or resume) ``cfg`` to ``cfg.steps``; returns the trained T2L, also saved to ``out_dir/t2l``.
+
+    ``until`` stops (with a checkpoint) after that step, so a run can be split
+    across sessions on a shared machine; the next call resumes it exactly.
+    """
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -200,15 +206,16 @@ def train(cfg: T2LTrainConfig, base: BaseModel | None = None, progress: bool = T
     base = base or load_base_model(cfg.base_model)
     (out / "train_config.json").write_text(cfg.model_dump_json(indent=2))
     t2l, opt, step = build(cfg, base)
-    train_tasks, _ = task_split()
+    train_tasks = [task_by_name(n) for n in cfg.tasks] if cfg.tasks else task_split()[0]
     table = description_embeddings(t2l, base, TASKS)
     targets = task_lora_targets(base, train_tasks, cfg, t2l.config) if cfg.mode == "recon" else None
     batches = task_batches(base.tokenizer, train_tasks, cfg.batch_size, cfg.seed, start=step)
     log_path = out / LOG_NAME
     _trim_log(log_path, step)
+    last = cfg.steps if until is None else min(until, cfg.steps)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"T2L {cfg.mode}", disable=not progress)
     with log_path.open("a") as log:
-        while step < cfg.steps:
+        while step < last:
             start = time.perf_counter()
             lr = get_lr(cfg, step)
             for group in opt.param_groups:
@@ -235,11 +242,12 @@ def train(cfg: T2LTrainConfig, base: BaseModel | None = None, progress: bool = T
             log.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % cfg.checkpoint_every == 0 or step == last:
                 save_checkpoint(out / CHECKPOINT_DIR, t2l, opt, {"step": step, "config": cfg.model_dump()})
     bar.close()
     t2l.eval()
-    t2l.save_pretrained(out / FINAL_DIR)
+    if step == cfg.steps:
+        t2l.save_pretrained(out / FINAL_DIR)
     return t2l
 
 
@@ -256,12 +264,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora-steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--until", type=int, help="stop (with a checkpoint) after this step; rerun to resume")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = T2LTrainConfig(out_dir=args.out, mode=args.mode, steps=args.steps, batch_size=args.batch_size,
                          lr=args.lr, threads=args.threads, seed=args.seed, lora_steps=args.lora_steps,
                          t2l=T2LConfig(variant=args.variant, task_encoder=args.encoder, hidden_dim=args.hidden_dim))
-    train(cfg)
+    train(cfg, until=args.until)
 
 
 if __name__ == "__main__":
