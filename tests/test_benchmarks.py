@@ -1,0 +1,84 @@
+"""The benchmark suite works and writes its report (the numbers themselves are checked by nobody here).
+
+``python -m benchmarks.run --smoke`` runs every benchmark at tiny sizes, once, on
+the real embedded model; the speed targets it reports are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def benchmarks_on_path():
+    """Make the repository's ``benchmarks`` package importable (it is not installed)."""
+    sys.path.insert(0, str(REPO))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(REPO))
+
+
+def test_measure_alternates_order_and_keeps_self_timed_values(benchmarks_on_path):
+    from benchmarks.common import measure
+
+    calls: list[str] = []
+    stats = measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b") or 7.0},
+                    runs=3, warmup=1, self_timed={"b"})
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up first, then reversed every other run
+    assert stats["b"].samples == [7.0, 7.0, 7.0]
+    assert len(stats["a"].samples) == 3 and all(0 <= s < 1 for s in stats["a"].samples)
+
+
+def test_kv_formula_matches_a_real_cache(benchmarks_on_path, tiny_llama):
+    from benchmarks.footprint import cache_nbytes, kv_bytes_per_token
+
+    with torch.inference_mode():
+        cache = tiny_llama.model(input_ids=torch.ones(1, 37, dtype=torch.long), use_cache=True).cache
+    assert cache_nbytes(cache) == 37 * kv_bytes_per_token(tiny_llama.model.config, element_bytes=4)  # fp32
+
+
+def test_minilm_embeddings_rank_related_text_first(benchmarks_on_path):
+    from benchmarks.minilm import MiniLMEmbedding
+
+    embed = MiniLMEmbedding()
+    query = torch.tensor(embed.get_query_embedding("Where did the cat sleep?"))
+    related, unrelated = (torch.tensor(v) for v in embed.get_text_embedding_batch(
+        ["The cat slept on the warm windowsill.", "Quarterly revenue rose by four percent."]))
+    assert query.shape == (384,)
+    assert torch.isclose(query.norm(), torch.tensor(1.0), atol=1e-4)
+    assert query @ related > query @ unrelated + 0.2
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_report_json_and_plots(benchmarks_on_path, tmp_path):
+    from benchmarks import run
+
+    assert run.main(["--smoke", "--out", str(tmp_path)]) == 0
+
+    report = (tmp_path / "benchmarks.md").read_text()
+    for title in ("1. Internalization cost", "2. Answer latency", "3. Memory", "4. Accuracy", "5. Cache"):
+        assert f"## {title}" in report
+    figures = re.findall(r"!\[[^\]]*\]\((img/[^)]+\.png)\)", report)
+    assert len(figures) == 6
+    for figure in figures:
+        assert (tmp_path / figure).read_bytes()[:8] == PNG_MAGIC
+    targets = [line for line in report.splitlines() if re.search(r"\| (PASS|\*\*MISS\*\*|n/a) \|", line)]
+    assert len(targets) == 5, targets
+    assert "extrapolated" in report and "(match)" in report
+
+    data = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert data["machine"]["torch_threads"] == 1 and data["machine"]["cpu"]
+    assert data["machine"]["dtype"] == "bf16"
+    rss = data["sections"]["3. Memory: adapter vs KV cache, peak RSS"]["rss_mib"]["128"]
+    assert set(rss) == {"base", "internalized", "in-context", "rag"}
+    assert all(v["peak"]["median"] >= v["after_load"]["median"] > 0 for v in rss.values())
