@@ -232,17 +232,15 @@ def test_max_rank_compresses(open_memory):
     assert memory.adapter().rank == 4
 
 
-def test_task_adapter_is_added(open_memory, monkeypatch, tiny_llama):
+def test_task_adapter_is_added(open_memory, monkeypatch, tiny_llama, make_lora):
     import sys
     import types
-
-    from conftest import random_lora
 
     calls = []
 
     def task_adapter(base, description):
         calls.append((base, description))
-        return random_lora(base.model, rank=2)
+        return make_lora(base.model, rank=2)
 
     monkeypatch.setitem(sys.modules, "lora_memory.tasks", types.SimpleNamespace(task_adapter=task_adapter))
     memory = open_memory()
