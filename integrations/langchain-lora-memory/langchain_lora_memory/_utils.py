@@ -41,8 +41,8 @@ class MemoryBackedModel(BaseModel):
                         description="An open lora_memory.LoRAMemory; None opens `collection` on construction.")
     collection: str | None = Field(default=None, description="Collection to open when `memory` is None "
                                                              "('default' if unset).")
-    directory: str | None = Field(default=None, description="Where that collection lives (default: the "
-                                                            "lora-memory home).")
+    directory: Path | None = Field(default=None, description="Where that collection lives (default: the "
+                                                             "lora-memory home).")
     model_name: str | None = Field(default=None, alias="model",
                                    description="The memory's base model (filled in from the memory).")
     temperature: float | None = Field(default=None, ge=0.0, description="Sampling temperature; 0 is greedy; "

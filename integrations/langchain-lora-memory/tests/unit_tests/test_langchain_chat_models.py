@@ -112,3 +112,18 @@ async def test_async_paths_use_the_async_api_and_agree(memory):
     assert message.content == "".join(c.content for c in chunks) == "2 chunks say: Who?"
     assert chunks[-1].usage_metadata == message.usage_metadata
     assert [c[0] for c in memory.calls] == ["aask", "ask_stream"]
+
+
+def test_without_a_memory_the_named_collection_is_opened(monkeypatch, fake_memory, tmp_path):
+    from lora_memory import LoRAMemory
+
+    opened = []
+
+    def fake_open(cls, name, directory=None, config=None):
+        opened.append((name, directory, config))
+        return fake_memory
+
+    monkeypatch.setattr(LoRAMemory, "open", classmethod(fake_open))
+    chat = ChatLoRAMemory(collection="fake", directory=tmp_path)
+    assert opened == [("fake", tmp_path, None)]
+    assert chat.memory is fake_memory

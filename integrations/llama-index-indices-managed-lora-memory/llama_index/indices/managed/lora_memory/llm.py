@@ -31,7 +31,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from ._utils import GENERATION_KEYS, check_generation_keys, to_chat_dicts
+from ._utils import GENERATION_KEYS, to_chat_dicts
 
 if TYPE_CHECKING:
     from lora_memory import Answer, LoRAMemory, MemoryConfig
@@ -110,9 +110,9 @@ class LoRAMemoryLLM(CustomLLM):
         LlamaIndex passes other keyword arguments (``formatted``, tool lists...) to
         every LLM; those say nothing about decoding here and are not forwarded.
         """
-        own = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
-        settings = check_generation_keys({**own, **{k: v for k, v in kwargs.items() if k in GENERATION_KEYS}})
-        return {"task": self.task, **settings}
+        settings = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                    **{key: value for key, value in kwargs.items() if key in GENERATION_KEYS}}
+        return {"task": self.task, **{key: value for key, value in settings.items() if value is not None}}
 
     @staticmethod
     def _completion(answer: Answer) -> CompletionResponse:
