@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -130,3 +131,20 @@ def test_chat_engine_refuses_retrieval_modes_and_foreign_llms(index, fake_memory
         index.as_chat_engine(llm=MockLLM())
     own = LoRAMemoryLLM.from_memory(fake_memory, max_new_tokens=2)
     assert index.as_chat_engine(chat_mode=ChatMode.SIMPLE, llm=own).chat("Who founded it?").response == "5 chunks"
+
+
+def test_update_ref_doc_adds_an_unknown_document(index, fake_memory):
+    index.update_ref_doc(Document(text="Quenford has two rivers.", id_="rivers"))
+    assert fake_memory.get("rivers").n_tokens == 4
+
+
+def test_async_document_methods_act_on_the_memory(index, fake_memory):
+    async def run():
+        await index.ainsert(Document(text="Quenford has two rivers.", id_="rivers"))
+        await index.adelete_ref_doc("bridge")
+        changed = Document(text="Mira Tesk founded the go club.", id_="club", metadata={"topic": "people"})
+        return await index.arefresh_ref_docs([changed, Document(text="Quenford has two rivers.", id_="rivers")])
+
+    assert asyncio.run(run()) == [True, False]
+    assert [info.doc_id for info in fake_memory.list()] == ["club", "rivers"]
+    assert fake_memory.get("club").n_tokens == 6

@@ -16,6 +16,7 @@ still say which documents' adapters answered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,14 +147,12 @@ class LoRAMemoryIndex(BaseManagedIndex):
             for node in nodes)
 
     def update_ref_doc(self, document: Document, **update_kwargs: Any) -> None:
-        """Replace a document's text and metadata (its adapters are recomputed; unchanged chunks hit the cache).
+        """Replace a document's text and metadata, or add it if its id is new (as in every LlamaIndex index).
 
-        Raises:
-            lora_memory.errors.DocumentNotFoundError: no document has this id.
+        Its adapters are recomputed; chunks whose text did not change come from the cache.
         """
         with self._callback_manager.as_trace("update_ref_doc"):
-            self._memory.update(document.id_, document.get_content(MetadataMode.NONE), dict(document.metadata))
-            self.docstore.set_document_hash(document.id_, document.hash)
+            self._add_documents([document])
 
     def delete_ref_doc(self, ref_doc_id: str, delete_from_docstore: bool = False, **delete_kwargs: Any) -> None:
         """Forget a document and its adapters. An unknown id logs a warning, as in every LlamaIndex index."""
@@ -166,6 +165,18 @@ class LoRAMemoryIndex(BaseManagedIndex):
             return
         if delete_from_docstore:
             self.docstore.delete_ref_doc(ref_doc_id, raise_error=False)
+
+    # The base class's async variants go through LlamaIndex's docstore and transformations,
+    # which this index does not use: run the sync methods in a worker thread instead.
+    async def ainsert(self, document: Document, **insert_kwargs: Any) -> None:
+        await asyncio.to_thread(self.insert, document)
+
+    async def aupdate_ref_doc(self, document: Document, **update_kwargs: Any) -> None:
+        await asyncio.to_thread(self.update_ref_doc, document)
+
+    async def adelete_ref_doc(self, ref_doc_id: str, delete_from_docstore: bool = False,
+                              **delete_kwargs: Any) -> None:
+        await asyncio.to_thread(self.delete_ref_doc, ref_doc_id, delete_from_docstore)
 
     @property
     def ref_doc_info(self) -> dict[str, RefDocInfo]:
