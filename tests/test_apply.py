@@ -27,8 +27,9 @@ def _logits(model, ids, adapter=None) -> torch.Tensor:
         return model(ids).logits
 
 
-def _no_hooks(model) -> bool:
-    return all(not m._forward_hooks for m in model.modules())
+def _hooks(model) -> dict[str, tuple[int, ...]]:
+    """Forward hooks by module. transformers adds some of its own on first use, so compare snapshots."""
+    return {name: tuple(m._forward_hooks) for name, m in model.named_modules() if m._forward_hooks}
 
 
 @pytest.mark.parametrize("suffixes", SUFFIX_SETS, ids=["down_proj", "q_v", "all_proj"])
@@ -41,10 +42,11 @@ def test_output_equals_dense_merged_weights(tiny_base, make_lora, suffixes):
         for name in adapter.weights:
             modules[name].weight += adapter.delta(name)
     ids = _ids()
+    before = _hooks(tiny_base.model)
     hooked = _logits(tiny_base.model, ids, adapter)
     assert (hooked - _logits(tiny_base.model, ids)).abs().max() > 1e-2
     torch.testing.assert_close(hooked, merged(ids).logits.detach(), rtol=1e-4, atol=1e-4)
-    assert _no_hooks(tiny_base.model)
+    assert _hooks(tiny_base.model) == before
 
 
 def test_none_adapter_is_the_plain_model(tiny_llama):
@@ -77,9 +79,10 @@ def test_batched_adapter_with_wrong_row_count_fails_cleanly(tiny_llama, make_lor
     single = make_lora(tiny_llama.model, rank=2)
     batched = LoRAAdapter({k: LoRAWeights(torch.stack([w.A] * 2), torch.stack([w.B] * 2))
                            for k, w in single.weights.items()})
+    before = _hooks(tiny_llama.model)
     with pytest.raises(IncompatibleAdapterError, match="rows"):
         _logits(tiny_llama.model, _ids(batch=3), batched)
-    assert _no_hooks(tiny_llama.model)
+    assert _hooks(tiny_llama.model) == before
 
 
 def test_nested_adapters_add_up(tiny_llama, make_lora):
@@ -96,11 +99,12 @@ def test_hooks_removed_even_on_exception(tiny_llama, make_lora):
     adapter = make_lora(tiny_llama.model, rank=2, std=0.3)
     ids = _ids()
     plain = _logits(tiny_llama.model, ids)
+    before = _hooks(tiny_llama.model)
     with pytest.raises(RuntimeError, match="boom"):
         with apply_adapter(tiny_llama.model, adapter):
-            assert not _no_hooks(tiny_llama.model)
+            assert _hooks(tiny_llama.model) != before
             raise RuntimeError("boom")
-    assert _no_hooks(tiny_llama.model)
+    assert _hooks(tiny_llama.model) == before
     assert torch.equal(_logits(tiny_llama.model, ids), plain)
     # and the lock was released: another thread can take it at once
     got = []
@@ -150,10 +154,11 @@ def _not_linear(adapter: LoRAAdapter) -> LoRAAdapter:
 @pytest.mark.parametrize("spoil", [_misnamed, _misshaped, _not_linear])
 def test_incompatible_adapter_raises_and_leaves_no_hooks(tiny_llama, make_lora, spoil):
     bad = spoil(make_lora(tiny_llama.model, rank=2))
+    before = _hooks(tiny_llama.model)
     with pytest.raises(IncompatibleAdapterError):
         with apply_adapter(tiny_llama.model, bad):
             pytest.fail("the block must not run")
-    assert _no_hooks(tiny_llama.model)
+    assert _hooks(tiny_llama.model) == before
 
 
 def test_adapter_for_another_architecture_is_incompatible(tiny_llama, tiny_qwen2, make_lora):
@@ -206,12 +211,14 @@ def race_setup(tiny_llama, make_lora):
 
 
 def test_threads_never_mix_adapters(race_setup):
+    before = _hooks(race_setup[0])
     assert _race(*race_setup) == [0, 0]
-    assert _no_hooks(race_setup[0])
+    assert _hooks(race_setup[0]) == before
 
 
 def test_race_detector_catches_mixing_without_the_lock(race_setup, monkeypatch):
     """The same race with the lock replaced by a no-op must mix: proof the test above can fail."""
     monkeypatch.setattr(apply_module, "model_lock", lambda model: contextlib.nullcontext())
+    before = _hooks(race_setup[0])
     assert sum(_race(*race_setup)) > 0
-    assert _no_hooks(race_setup[0])
+    assert _hooks(race_setup[0]) == before

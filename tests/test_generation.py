@@ -98,11 +98,11 @@ def test_stream_with_adapter_joins_to_generate_text(tiny_llama, make_lora):
 def test_errors_in_the_stream_worker_propagate(tiny_llama):
     name, module = next((n, m) for n, m in tiny_llama.model.named_modules() if n.endswith("down_proj"))
     bad = LoRAAdapter({name: LoRAWeights(torch.zeros(2, module.in_features + 3), torch.zeros(module.out_features, 2))})
+    before = generate(tiny_llama.model, tiny_llama.tokenizer, PROMPT, config=GREEDY).text
     with pytest.raises(IncompatibleAdapterError):
         list(stream(tiny_llama.model, tiny_llama.tokenizer, PROMPT, adapter=bad, config=GREEDY))
-    # the worker released the model: a plain call afterwards works and sees no stale hooks
-    assert all(not m._forward_hooks for m in tiny_llama.model.modules())
-    assert generate(tiny_llama.model, tiny_llama.tokenizer, PROMPT, config=GREEDY).text
+    # the worker released the model's lock: a plain call afterwards runs (and is unchanged)
+    assert generate(tiny_llama.model, tiny_llama.tokenizer, PROMPT, config=GREEDY).text == before
 
 
 def test_sampling_with_a_seed_is_reproducible(tiny_llama):
