@@ -150,3 +150,10 @@ def test_context_distillation_baseline_fits_one_document(tiny_llama):
     # a tiny random model's tied 0.02-std embeddings cap how far logits can move; 10.7 -> ~9.7 is its range
     assert result.losses[-1] < result.losses[0] - 0.5
     assert isinstance(result.adapter, LoRAAdapter) and result.adapter.rank == 4
+
+
+def test_default_config_fits_a_shallow_model(tiny_llama):
+    hypernet = DocToLoRA.for_base_model(tiny_llama)  # the default early-exit depth (8) exceeds 4 layers
+    assert hypernet.config.input_layer == 1
+    with pytest.raises(ValueError, match="input_layer"):
+        DocToLoRA.for_base_model(tiny_llama, input_layer=8)  # an explicit choice is never silently changed

@@ -60,6 +60,9 @@ class DocToLoRA(nn.Module):
         prefix, stack = decoder_layers(model)
         n_layers = len(stack)
         layers = config.target_layers if config.target_layers is not None else list(range(n_layers))
+        if config.input_layer is not None and config.input_layer > n_layers and "input_layer" not in config.model_fields_set:
+            # the default early-exit depth is sized for 30 layers; keep the same quarter-depth on smaller models
+            config = config.model_copy(update={"input_layer": max(1, n_layers // 4)})
         targets = find_targets(model, config.target_module, layers)
         dims = {(t.d_in, t.d_out) for t in targets}
         if len(dims) != 1:

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from ..base import BaseModel
 from ..generation import GenerationConfig, generate
-from ..hypernet import DocToLoRA
+from ..hypernet import DocToLoRA, HypernetConfig
+from .baseline import distill_document
 from .data import Example, facts_example, needle_example
 from .diagnostics import adapter_spread
 from .teacher import in_context_prompt
@@ -127,6 +128,29 @@ def evaluate_facts(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, pro
                 (_answer(base, in_context_prompt(ex.document, qa.question), None, config.max_new_tokens), qa.answer))
             settings["closed-book"].append((_answer(base, qa.question, None, config.max_new_tokens), qa.answer))
     return {k: _score(v) for k, v in settings.items()}, adapter_spread(adapters)
+
+
+@torch.no_grad()
+def _generate_answers(base: BaseModel, example: Example, adapter, max_new_tokens: int) -> list[tuple[str, str]]:
+    return [(_answer(base, qa.question, adapter, max_new_tokens), qa.answer) for qa in example.qa]
+
+
+def evaluate_capacity(base: BaseModel, config: HypernetConfig, documents: int = 5, steps: int = 30,
+                      seed: int = 4321) -> dict[str, float]:
+    """Rung 1 of the ladder: does a free rank-r LoRA on the same targets store one document's facts?
+
+    Trains :func:`~lora_memory.training.baseline.distill_document` on each document and
+    answers by greedy generation with the trained adapter.
+    """
+    rng = random.Random(seed)
+    pairs, seconds = [], []
+    for i in range(documents):
+        ex = needle_example(rng, "heldout", 64, 256) if i % 2 == 0 else facts_example(rng, "heldout")
+        with torch.enable_grad():
+            result = distill_document(base, ex, config, steps=steps, lr=1e-2, seed=i)
+        seconds.append(result.seconds_per_step)
+        pairs += _generate_answers(base, ex, result.adapter, 24)
+    return {**_score(pairs), "seconds_per_step": sum(seconds) / len(seconds), "steps": float(steps)}
 
 
 def evaluate_hypernet(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig | None = None,
