@@ -118,24 +118,34 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     ctx = load_context(settings)
     machine = machine_info(settings)
-    sections = []
+    command = "python -m benchmarks.run" + {"full": "", "quick": " --quick", "smoke": " --smoke"}[mode]
+    sections: list[Section] = []
+    failed = False
     for name in chosen:
         logger.info("benchmark %s (%s mode, %d threads)", name, mode, settings.threads)
         began = time.perf_counter()
-        sections.append(BENCHMARKS[name](ctx, img))
+        try:
+            sections.append(BENCHMARKS[name](ctx, img))
+        except Exception as exc:  # keep the other benchmarks' results; the exit status says it failed
+            logger.exception("benchmark %s failed", name)
+            sections.append(Section(f"{name}: FAILED", [f"`{type(exc).__name__}: {exc}`"]))
+            failed = True
         logger.info("benchmark %s done in %.1f s", name, time.perf_counter() - began)
-    seconds = time.perf_counter() - start
-    machine["load_average_at_end"] = load_average()
+        machine["load_average_at_end"] = load_average()
+        write_report(args.out, settings, machine, ctx, sections, command, time.perf_counter() - start)
+    logger.info("wrote %s and %d figures in %s", args.out / "benchmarks.md",
+                sum(len(sec.figures) for sec in sections), img)
+    return 1 if failed else 0
 
-    command = "python -m benchmarks.run" + {"full": "", "quick": " --quick", "smoke": " --smoke"}[mode]
-    (args.out / "benchmarks.md").write_text(render(settings, machine, ctx, sections, command, seconds))
+
+def write_report(out: Path, settings: BenchSettings, machine: dict, ctx: Context, sections: list[Section],
+                 command: str, seconds: float) -> None:
+    """Write (or rewrite, after each benchmark) ``benchmarks.md`` and ``benchmarks.json``."""
+    (out / "benchmarks.md").write_text(render(settings, machine, ctx, sections, command, seconds))
     raw = {"machine": machine, "settings": settings.model_dump(), "hypernet_trained": ctx.hypernet_trained,
            "targets": [t.__dict__ for sec in sections for t in sec.targets],
            "sections": {sec.title: sec.data for sec in sections}}
-    (args.out / "benchmarks.json").write_text(json.dumps(raw, indent=1, default=str))
-    logger.info("wrote %s and %d figures in %s", args.out / "benchmarks.md",
-                sum(len(sec.figures) for sec in sections), img)
-    return 0
+    (out / "benchmarks.json").write_text(json.dumps(raw, indent=1, default=str))
 
 
 if __name__ == "__main__":
