@@ -32,6 +32,7 @@ from .errors import LoRAMemoryError
 from .generation import GenerationConfig
 from .memory import DEFAULT_COLLECTION, LoRAMemory
 from .paths import HOME_ENV, collections_dir
+from .training.cli import add_eval_arguments, add_train_arguments, run_eval, run_train
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +178,9 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
 def demo(args: argparse.Namespace) -> int:
     """Internalize a short document on the embedded model and answer questions about it."""
     del args
-    try:
-        from .demo import main as demo_main
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.demo":
-            raise
-        raise NotImplementedError("the demo is not part of this version of lora-memory") from exc
-    return demo_main() or 0
+    from .demo import main as demo_main
+
+    return demo_main([]) or 0
 
 
 COMMANDS: dict[str, tuple[AddArguments, Handler]] = {
@@ -194,6 +191,8 @@ COMMANDS: dict[str, tuple[AddArguments, Handler]] = {
     "rm": (_rm_arguments, rm),
     "export": (_export_arguments, export),
     "demo": (_no_arguments, demo),
+    "train": (add_train_arguments, run_train),
+    "eval": (add_eval_arguments, run_eval),
 }
 
 

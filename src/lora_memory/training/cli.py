@@ -17,6 +17,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train a Doc-to-LoRA hypernetwork from a JSON config; resumes from the run's last checkpoint."""
     from .config import TrainConfig
     from .trainer import FINAL_DIR, Trainer
 
@@ -32,24 +33,31 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hypernet", default=None, help="Hypernetwork directory (default: the shipped one).")
+    parser.add_argument("--capacity", action="store_true",
+                        help="Also check that a free LoRA on the same targets stores a document (ladder rung 1).")
     parser.add_argument("--quick", action="store_true", help="Fewer, shorter documents (a smoke run).")
     parser.add_argument("--output", type=Path, default=None, help="Also write the markdown table here.")
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """Held-out evaluation of a hypernetwork (--hypernet, default the shipped one): needle, facts, collapse."""
     from ..hypernet import default_hypernet_dir
-    from .evaluate import EvalConfig, evaluate_hypernet
+    from .evaluate import EvalConfig, evaluate_capacity, evaluate_hypernet
 
-    base = load_base_model(getattr(args, "base_model", None) or "embedded")
+    base = load_base_model(args.base_model, dtype=args.dtype, device=args.device)
     path = args.hypernet or default_hypernet_dir()
     hypernet = DocToLoRA.from_pretrained(path, base=base, device=base.device)
     config = EvalConfig(needle_lengths=[256, 1024], needle_depths=[0.5], needle_per_cell=2,
                         facts_documents=4) if args.quick else EvalConfig()
     report = evaluate_hypernet(hypernet, base, config)
     table = report.to_markdown()
+    if args.capacity:
+        cap = evaluate_capacity(base, hypernet.config, documents=2 if args.quick else 6)
+        table += (f"\n\n### Capacity (free rank-{hypernet.config.rank} LoRA, {cap['steps']:.0f} Adam steps per "
+                  f"document)\n\nexact {cap['exact']:.2f}, contains {cap['contains']:.2f} over {cap['n']:.0f} "
+                  f"questions; {cap['seconds_per_step']:.2f} s per step")
     print(table)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(f"<!-- lora-memory eval --hypernet {path} -->\n{table}\n")
+        args.output.write_text(table + "\n")
     return 0
