@@ -10,12 +10,12 @@ import torch
 from .base import BaseModel, load_base_model
 from .config import MemoryConfig
 from .errors import IncompatibleAdapterError, ModelNotFoundError
-from .hypernet import DocToLoRA
+from .hypernet import DocToLoRA, default_hypernet_dir
 from .hypernet.model import CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 
-SHIPPED_HYPERNET = Path(__file__).parent / "checkpoints" / "d2l-smollm2-135m"
+SHIPPED_HYPERNET = default_hypernet_dir()
 RANDOM_INIT_SEED = 0  # a seeded random init has a stable fingerprint, so its collections reopen
 
 
