@@ -49,9 +49,9 @@ def memory_config(args: argparse.Namespace) -> MemoryConfig:
     generation = GenerationConfig()
     if getattr(args, "max_new_tokens", None) is not None:
         generation = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    given = {key: value for key in ("top_k", "max_rank") if (value := getattr(args, key, None)) is not None}
     return MemoryConfig(base_model=args.base_model, hypernet=args.hypernet, dtype=args.dtype, device=args.device,
-                        top_k=getattr(args, "top_k", None),
-                        max_rank=getattr(args, "max_rank", None), generation=generation)
+                        generation=generation, **given)  # unset options keep MemoryConfig's defaults
 
 
 def open_memory(args: argparse.Namespace) -> LoRAMemory:
