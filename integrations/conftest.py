@@ -192,7 +192,8 @@ def fake_memory() -> FakeMemory:
 def tiny_memory(tmp_path: Path, tiny_llama: Any) -> LoRAMemory:
     """The real memory on the shared tiny random llama with a random hypernetwork (fast, exact)."""
     hypernet = memory_support.tiny_hypernet(tiny_llama)  # adapters that are not zero, so they change answers
-    config = MemoryConfig(generation=GenerationConfig(max_new_tokens=6), cache_dir=tmp_path / "cache")
+    # top_k=None: every chunk is applied and reported, as the wrappers' tests expect (the default routes)
+    config = MemoryConfig(top_k=None, generation=GenerationConfig(max_new_tokens=6), cache_dir=tmp_path / "cache")
     return LoRAMemory.open(name="tiny", directory=tmp_path / "tiny", config=config, base=tiny_llama,
                            hypernet=hypernet)
 
@@ -201,7 +202,7 @@ def tiny_memory(tmp_path: Path, tiny_llama: Any) -> LoRAMemory:
 def embedded_memory(tmp_path_factory: pytest.TempPathFactory, embedded_base: Any) -> LoRAMemory:
     """The real memory on the embedded model (default hypernetwork), holding two short facts; for slow tests."""
     directory = tmp_path_factory.mktemp("embedded-collection")
-    config = MemoryConfig(generation=GenerationConfig(max_new_tokens=8))
+    config = MemoryConfig(top_k=None, generation=GenerationConfig(max_new_tokens=8))  # every chunk, as above
     memory = LoRAMemory.open(name="embedded-tests", directory=directory, config=config, base=embedded_base)
     memory.add_documents([("The Zorblat bridge in Quenford was painted teal in 1987.", "bridge", {"topic": "city"}),
                           ("Mira Tesk founded the Quenford chess club.", "club", {"topic": "people"})])

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from lora_memory.config import CONFIG_VERSION, DEFAULT_CACHE_SIZE_LIMIT, MemoryConfig
+from lora_memory.config import CONFIG_VERSION, DEFAULT_CACHE_SIZE_LIMIT, DEFAULT_TOP_K, MemoryConfig
 from lora_memory.generation import GenerationConfig
 
 
 def test_defaults():
     config = MemoryConfig()
     assert config.base_model == "embedded" and config.hypernet is None and config.cache_dir is None
-    assert config.top_k is None and config.max_rank is None and config.chunk_tokens is None
+    assert config.top_k == DEFAULT_TOP_K == 1 and config.max_rank is None and config.chunk_tokens is None
+    assert MemoryConfig(top_k=None).top_k is None  # routing can be switched off
     assert config.cache_size_limit_bytes == DEFAULT_CACHE_SIZE_LIMIT and config.config_version == CONFIG_VERSION
 
 

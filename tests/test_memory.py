@@ -135,7 +135,7 @@ def test_delete_removes_document_and_its_files(open_memory):
 
 # --------------------------------------------------------------------- answers
 def test_ask_applies_every_chunk_and_reports_them(open_memory, tiny_llama, hypernet):
-    memory = open_memory()
+    memory = open_memory(top_k=None)
     memory.add(FACTS, doc_id="facts", metadata={"k": "v"})
     answer = memory.ask("Where do zebras live?")
     n = memory.get("facts").n_chunks
@@ -230,6 +230,42 @@ def test_max_rank_compresses(open_memory):
     memory.add(FACTS)
     assert memory.ask("Etna?").adapter_rank == 4
     assert memory.adapter().rank == 4
+
+
+def test_default_config_routes_each_question_to_one_chunk(open_memory):
+    memory = open_memory()  # MemoryConfig's default top_k
+    memory.add_documents([(FACTS, "facts", None), (TOWER, "tower", None)])
+    [source] = memory.ask("Which volcano erupts in Sicily?").sources
+    assert "Etna" in source.snippet and source.score > 0
+    assert memory.adapter("Which volcano erupts in Sicily?").rank == 8
+    assert memory.adapter().rank > 8  # without a question, every chunk
+
+
+def test_compression_applies_to_the_routed_chunks(open_memory):
+    question = "Eiffel tower in Paris"
+    compressed = open_memory(top_k=2, max_rank=4)
+    compressed.add(FACTS, doc_id="facts")
+    routed = open_memory(top_k=2)  # the same collection, uncompressed
+    assert routed.adapter(question).rank == 8 * 2 + 8 > 4
+    assert compressed.ask(question).sources == routed.ask(question).sources
+    _assert_same_adapter(compressed.adapter(question), routed.adapter(question).compress(4), atol=1e-5)
+
+
+def test_composed_adapters_are_reused_until_the_collection_changes(open_memory, hypernet, monkeypatch):
+    composed = []
+    original = hypernet.compose
+    monkeypatch.setattr(hypernet, "compose", lambda parts: composed.append(len(parts)) or original(parts))
+    memory = open_memory(top_k=1, max_rank=4)
+    memory.add_documents([(FACTS, "facts", None)])
+    first = memory.adapter("Which volcano erupts in Sicily?")
+    memory.ask("Which volcano erupts in Sicily?")
+    assert memory.adapter("Is Etna in Sicily?") is first  # another question routed to the same chunk
+    assert composed == [1]
+    bridge = "The Zorblat bridge in Quenford was painted teal in 1987."
+    memory.add_documents([(bridge, "bridge", None)])  # a new revision: the router sees the new document
+    [source] = memory.ask("What colour is the Zorblat bridge?").sources
+    assert source.doc_id == "bridge" and composed == [1, 1]
+    assert memory.adapter("Which volcano erupts in Sicily?") is first and composed == [1, 1]
 
 
 def test_task_adapter_is_added(open_memory, monkeypatch, tiny_llama, make_lora):

@@ -2,11 +2,11 @@
 
 ``add`` turns each document into per-chunk LoRA adapters (one hypernetwork pass
 per batch of chunks, cached by content) and records them in the collection.
-``ask`` composes the chunk adapters (all of them, or the ``top_k`` a BM25 router
-picks for the question), optionally compresses the result to ``max_rank``,
-applies it to the frozen base model and generates an answer from the question
-alone: the documents are never in the prompt. Every answer says which chunks
-were applied.
+``ask`` composes the adapters of the ``top_k`` chunks a BM25 router picks for the
+question (one by default, see docs/collections.md; every chunk with ``top_k=None``),
+optionally compresses the result to ``max_rank``, applies it to the frozen base
+model and generates an answer from the question alone: the documents are never
+in the prompt. Every answer says which chunks were applied.
 
 Example:
     >>> mem = LoRAMemory.open("notes")  # doctest: +SKIP
