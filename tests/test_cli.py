@@ -149,8 +149,8 @@ def test_usage_errors_exit_2(args, capsys):
 
 def test_demo_calls_the_demo_module(monkeypatch, capsys):
     calls = []
-    monkeypatch.setitem(sys.modules, "lora_memory.demo", types.SimpleNamespace(main=lambda: calls.append(1)))
-    assert main(["demo"]) == 0 and calls == [1]
+    monkeypatch.setitem(sys.modules, "lora_memory.demo", types.SimpleNamespace(main=lambda argv=None: calls.append(argv)))
+    assert main(["demo"]) == 0 and calls == [[]]
 
 
 def test_registered_commands_run_and_interrupts_exit_130(monkeypatch, capsys):
