@@ -1,13 +1,16 @@
-"""A two-minute look at the idea on the embedded model: questions about a document it never saw.
+"""A two-minute look at the idea on the embedded model: questions about documents it never saw.
 
-Each question is answered several ways ("modes"), each with its time and prompt
-length:
+Two short fact sheets about fictional people and companies (the kind of document
+the shipped hypernetwork was trained on) are ingested into a temporary
+collection. Each question is answered several ways ("modes"), each with its
+time and prompt length:
 
-- ``in context``: the document is pasted into the prompt (what RAG does).
+- ``in context``: the documents are pasted into the prompt (what RAG does).
 - ``closed book``: no document at all (the base model's own knowledge: it has none here).
-- ``internalized``: the document became a LoRA adapter through the Doc-to-LoRA
-  hypernetwork, and the prompt holds only the question. This mode runs when a
-  trained hypernetwork checkpoint is installed; until then the demo says so.
+- ``internalized``: the documents became LoRA adapters through the Doc-to-LoRA
+  hypernetwork; :class:`~lora_memory.memory.LoRAMemory` applies the routed one and
+  the prompt holds only the question. This mode runs when a trained hypernetwork
+  checkpoint is installed; otherwise the demo says so.
 
 A mode is a function ``(base, question, config) -> Generated``; adding one is
 adding an entry to the list :func:`modes` returns.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,27 +30,26 @@ from pathlib import Path
 
 import torch
 
-from .adapter import LoRAAdapter
 from .base import BaseModel, load_base_model
 from .generation import GenerationConfig, Generated, generate
 from .hypernet import DocToLoRA, default_hypernet_dir
 from .hypernet.model import CONFIG_NAME
+from .memory import LoRAMemory
 
-DOCUMENT = """\
-Varn Island lies forty kilometres off the northern coast. Its lighthouse keeper is Odile Marchetti, \
-who has kept the light since 1998 and shares the keeper's cottage with a tortoise named Pell.
+DOCUMENTS: dict[str, str] = {
+    "keeper": "Odile Marchetti was born in 1958. Odile Marchetti lives in the city of Varnholm. "
+              "By profession, Odile Marchetti is a gardener. Odile Marchetti's pet is called Pell.",
+    "ferry": "The ferry company Tessel Works was founded in 1911. The founder of Tessel Works is Mira Kessel. "
+             "Tessel Works has its headquarters in Dravenport. Tessel Works makes sailboats.",
+}
+DOCUMENT = "\n\n".join(DOCUMENTS.values())  # what the in-context mode pastes into the prompt
 
-The ferry to Varn leaves the mainland harbour of Tessel at seven every morning and returns at dusk. \
-A return ticket costs four silver marks. Every spring the islanders hold a kite festival on the \
-northern cliffs, and the island's only bakery sells rye bread with caraway seeds."""
-
-QUESTIONS: list[tuple[str, str]] = [  # (question, a word the right answer contains)
-    ("Who is the lighthouse keeper of Varn Island?", "Odile"),
-    ("What is the name of the keeper's tortoise?", "Pell"),
-    ("How much does a return ferry ticket to Varn cost?", "four"),
+QUESTIONS: list[tuple[str, str]] = [  # (question, the word a right answer contains)
+    ("What year was Odile Marchetti born? Reply with only the year.", "1958"),
+    ("What is the name of Odile Marchetti's pet? Reply with only the name.", "Pell"),
+    ("Who founded Tessel Works? Reply with only the name.", "Mira Kessel"),
+    ("Where is Tessel Works headquartered? Reply with only the city.", "Dravenport"),
 ]
-
-SYSTEM = "Answer the question in one short sentence."
 
 Mode = Callable[[BaseModel, str, GenerationConfig], Generated]
 
@@ -64,43 +67,45 @@ class Row:
 
 
 def in_context(base: BaseModel, question: str, config: GenerationConfig) -> Generated:
-    """The document in the prompt, then the question."""
-    messages = [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": f"Document:\n{DOCUMENT}\n\nQuestion: {question}"}]
-    return generate(base.model, base.tokenizer, messages, config=config)
+    """The documents in the prompt, then the question (what RAG does)."""
+    return generate(base.model, base.tokenizer, f"{DOCUMENT}\n\n{question}", config=config)
 
 
 def closed_book(base: BaseModel, question: str, config: GenerationConfig) -> Generated:
     """The question alone, with no adapter: what the base model knows by itself."""
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-    return generate(base.model, base.tokenizer, messages, config=config)
+    return generate(base.model, base.tokenizer, question, config=config)
 
 
-def internalized(adapter: LoRAAdapter) -> Mode:
-    """The question alone, answered with the document's adapter applied."""
+def internalized(memory: LoRAMemory) -> Mode:
+    """The question alone, answered by the memory: the routed documents' adapters applied."""
 
     def answer(base: BaseModel, question: str, config: GenerationConfig) -> Generated:
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-        return generate(base.model, base.tokenizer, messages, adapter=adapter, config=config)
+        out = memory.ask(question, generation=config)
+        return Generated(text=out.text, prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens)
 
     return answer
 
 
-def internalize_document(base: BaseModel, directory: Path) -> tuple[LoRAAdapter, float] | None:
-    """The demo document as an adapter and the seconds it took, or None without a checkpoint in ``directory``."""
-    if not (directory / CONFIG_NAME).is_file():
+def build_memory(base: BaseModel, hypernet_dir: Path, directory: Path) -> tuple[LoRAMemory, float] | None:
+    """A collection in ``directory`` holding the demo documents, and the seconds ingesting took.
+
+    None when ``hypernet_dir`` holds no trained checkpoint.
+    """
+    if not (hypernet_dir / CONFIG_NAME).is_file():
         return None
+    hypernet = DocToLoRA.from_pretrained(hypernet_dir, base=base, device=base.device)
+    memory = LoRAMemory.open("demo", directory=directory, base=base, hypernet=hypernet)
     start = time.perf_counter()
-    hypernet = DocToLoRA.from_pretrained(directory, base=base, device=base.device)
-    adapter = hypernet.internalize(base, DOCUMENT)
-    return adapter, time.perf_counter() - start
+    for doc_id, text in DOCUMENTS.items():
+        memory.add(text, doc_id=doc_id, progress=False)
+    return memory, time.perf_counter() - start
 
 
-def modes(adapter: LoRAAdapter | None) -> list[tuple[str, Mode]]:
-    """The answering modes, in display order; ``internalized`` only when there is an adapter."""
+def modes(memory: LoRAMemory | None) -> list[tuple[str, Mode]]:
+    """The answering modes, in display order; ``internalized`` only when there is a memory."""
     out: list[tuple[str, Mode]] = [("in context", in_context), ("closed book", closed_book)]
-    if adapter is not None:
-        out.append(("internalized", internalized(adapter)))
+    if memory is not None:
+        out.append(("internalized", internalized(memory)))
     return out
 
 
@@ -138,7 +143,8 @@ def report(rows: list[Row], mode_names: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Load the embedded model, answer the questions in each mode and print the comparison."""
     parser = argparse.ArgumentParser(prog="lora-memory demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--hypernet", default=None, help="Doc-to-LoRA checkpoint (default: the shipped one).")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch. One is the default: on busy 2-core machines two threads "
                              "were measured over 10x slower than one for this small model.")
@@ -149,20 +155,26 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     base = load_base_model("embedded")
     print(f"Loaded {base.name} ({base.dtype}, {base.device}) in {time.perf_counter() - start:.1f} s")
-    print(f"\nThe document ({len(base.tokenizer(DOCUMENT).input_ids)} tokens), which the model never saw:\n")
+    print(f"\nThe documents ({len(base.tokenizer(DOCUMENT).input_ids)} tokens), which the model never saw:\n")
     print(DOCUMENT)
-    internalization = internalize_document(base, default_hypernet_dir())
-    if internalization is not None:
-        adapter, seconds = internalization
-        print(f"\nInternalized it in {seconds:.2f} s: an adapter of rank {adapter.rank}, "
-              f"{adapter.nbytes() / 1024:.0f} KiB, from {adapter.metadata.get('n_chunks', 1)} chunk(s).")
-    chosen = modes(internalization[0] if internalization is not None else None)
-    rows = run(base, config, chosen)
+    with tempfile.TemporaryDirectory(prefix="lora-memory-demo-") as tmp:
+        built = build_memory(base, Path(args.hypernet) if args.hypernet else default_hypernet_dir(), Path(tmp))
+        memory = None
+        if built is not None:
+            memory, seconds = built
+            chunks = sum(doc.n_chunks for doc in memory.list())
+            print(f"\nInternalized {len(memory)} documents ({chunks} chunks) in {seconds:.2f} s; all adapters "
+                  f"together: {memory.adapter().nbytes() / 1024:.0f} KiB. Each question gets the adapters of the "
+                  f"top {memory.config.top_k} chunk(s) by BM25 routing.")
+        chosen = modes(memory)
+        rows = run(base, config, chosen)
+        if memory is not None:
+            memory.close()
     print(report(rows, [name for name, _ in chosen]))
-    if internalization is None:
-        print("\nInternalization (the document as a LoRA adapter, no document in the prompt) arrives with the\n"
-              "trained Doc-to-LoRA hypernetwork checkpoint; this installation does not have it yet, so only\n"
-              "the two reference modes ran.")
+    if built is None:
+        print("\nInternalization (the documents as LoRA adapters, no document in the prompt) needs the trained\n"
+              "Doc-to-LoRA hypernetwork checkpoint; this installation does not have it, so only the two\n"
+              "reference modes ran.")
     return 0
 
 
