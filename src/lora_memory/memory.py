@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel as PydanticModel
 from pydantic import Field
 
+from .aio import iterate_in_thread
 from .adapter import LoRAAdapter
 from .base import BaseModel
 from .cache import AdapterCache
@@ -327,12 +328,8 @@ class LoRAMemory:
     async def astream(self, question: Question, **kwargs: Any) -> AsyncIterator[str]:
         """:meth:`stream` for asyncio callers: each piece is awaited from a worker thread."""
         pieces = await asyncio.to_thread(self.stream, question, **kwargs)
-        end = object()
-        try:
-            while (piece := await asyncio.to_thread(next, pieces, end)) is not end:
-                yield piece
-        finally:
-            await asyncio.to_thread(pieces.close)
+        async for piece in iterate_in_thread(pieces):
+            yield piece
 
     def _closed_book(self, sources: list[Source]) -> bool:
         if sources:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Generator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,16 +140,3 @@ def answer_metadata(answer: Answer, model_name: str) -> dict[str, Any]:
     return {"model_name": model_name, "model_provider": PROVIDER,
             "sources": [source.model_dump() for source in answer.sources],
             "adapter_rank": answer.adapter_rank, "timings": dict(answer.timings)}
-
-
-async def iterate_in_thread(pieces: Generator[str, None, None]) -> AsyncIterator[str]:
-    """Consume a blocking generator in worker threads so the event loop never waits on generation.
-
-    The generator is closed when the consumer stops early, which ends the generation behind it.
-    """
-    done = object()
-    try:
-        while (item := await asyncio.to_thread(next, pieces, done)) is not done:
-            yield item
-    finally:
-        await asyncio.to_thread(pieces.close)

@@ -13,7 +13,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
-from ._utils import PROVIDER, MemoryBackedModel, answer_metadata, iterate_in_thread, to_chat_dicts, usage_metadata
+from lora_memory.aio import iterate_in_thread
+
+from ._utils import PROVIDER, MemoryBackedModel, answer_metadata, to_chat_dicts, usage_metadata
 
 if TYPE_CHECKING:
     from lora_memory import Answer

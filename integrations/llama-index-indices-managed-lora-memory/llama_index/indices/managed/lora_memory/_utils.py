@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
@@ -70,16 +69,3 @@ def check_generation_keys(settings: Mapping[str, Any]) -> dict[str, Any]:
         raise TypeError(f"unexpected argument(s) {sorted(unknown)}; generation settings are "
                         f"{sorted(GENERATION_KEYS)}")
     return {key: value for key, value in settings.items() if value is not None}
-
-
-async def iterate_in_thread(pieces: Generator[str, None, None]) -> AsyncIterator[str]:
-    """Consume a blocking generator in worker threads so the event loop never waits on generation.
-
-    The generator is closed when the consumer stops early, which ends the generation behind it.
-    """
-    done = object()
-    try:
-        while (item := await asyncio.to_thread(next, pieces, done)) is not done:
-            yield item
-    finally:
-        await asyncio.to_thread(pieces.close)

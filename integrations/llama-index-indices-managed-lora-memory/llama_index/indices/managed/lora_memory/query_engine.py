@@ -18,7 +18,9 @@ from llama_index.core.callbacks.base import CallbackManager
 from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import QueryBundle
 
-from ._utils import answer_metadata, check_generation_keys, iterate_in_thread, source_to_node
+from lora_memory.aio import iterate_in_thread
+
+from ._utils import answer_metadata, check_generation_keys, source_to_node
 
 if TYPE_CHECKING:
     from lora_memory import Answer, LoRAMemory
