@@ -51,9 +51,9 @@ class MemoryConfig(BaseModel):
     top_k: int | None = Field(DEFAULT_TOP_K, ge=1, description=(
         "Apply only the k chunks whose text best matches the question (BM25); None applies every chunk. "
         "Default 1, measured in docs/collections.md: the hypernetwork's adapters interfere when concatenated "
-        "(two documents already cost accuracy, ten or more chunks leave none), whereas the one routed chunk "
-        "keeps single-document accuracy at 100 documents, and also beats every chunk of one document longer "
-        "than 3 chunks. Without a question (adapter(), export_peft) every chunk is applied."))
+        "(the second-best chunk already costs accuracy, every chunk of ten documents leaves almost none), "
+        "whereas the one routed chunk keeps single-document accuracy at 100 documents and beats every chunk "
+        "of a single 4- or 7-chunk document. Without a question (adapter(), export_peft) every chunk is applied."))
     max_rank: int | None = Field(None, ge=1, description=(
         "Compress the composed adapter to this rank (SVD); None keeps the full concatenated rank. Off by "
         "default: with top_k=1 the adapter already has the hypernetwork's rank, and compressing two routed "

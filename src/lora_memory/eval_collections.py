@@ -271,12 +271,14 @@ _DEFAULTS = """\
 `MemoryConfig()` routes: `top_k={top_k}`, `max_rank={max_rank}`. Concatenated adapters interfere: the
 hypernetwork is trained on single documents of a few chunks, and every further chunk, above all one of an
 unrelated document, adds noise to the answer. The tables above are the evidence: `all` against `top-{top_k}`
-at every size, and, for one long document, every chunk against the routed one. Compression is off by default because a routed adapter is
-already small; `max_rank` bounds the bytes and the hook cost when `top_k` is large or None. Without a question
-(`adapter()`, `export_peft`) every chunk is applied. The router is BM25 over the chunk text stored at ingest:
-it put the target among the applied chunks for {hit:.0%} of the questions at worst (any routed setting and
-size), which leaves a second router (on the hypernetwork encoder's pooled states) nothing to win on these
-tasks, so none was added.
+at every size, and, for one long document, every chunk against the routed one. Compression is off by default
+because a routed adapter is already small; `max_rank` bounds the bytes and the hook cost when `top_k` is large
+or None. Without a question (`adapter()`, `export_peft`) every chunk is applied. Not measured here: questions
+whose answer needs several chunks; `top_k=None` or a larger `top_k` serves those.
+
+The router is BM25 over the chunk text stored at ingest: it put the target among the applied chunks for
+{hit:.0%} of the questions at worst (any routed setting and size), which leaves a second router (on the
+hypernetwork encoder's pooled states) nothing to win on these tasks, so none was added.
 
 Reproduce: `python -m lora_memory.eval_collections` (add `--hypernet DIR` for another checkpoint, `--quick`
 for a smoke run at sizes 1 and 10).
