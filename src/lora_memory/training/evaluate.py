@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 
 from ..base import BaseModel
 from ..generation import GenerationConfig, generate
+from ..chunking import chunk_text
 from ..hypernet import DocToLoRA, HypernetConfig
+from ..routing import BM25Index
 from .baseline import distill_document
 from .data import Example, facts_example, needle_example
 from .diagnostics import adapter_spread
@@ -69,9 +71,11 @@ class EvalReport:
 
     def to_markdown(self) -> str:
         lines = ["### Needle in a haystack (internalized, greedy generation)", "",
-                 "| tokens | exact | contains | documents |", "|---:|---:|---:|---:|"]
+                 "| tokens | chunks | all chunks: exact | all chunks: contains | routed chunk: exact | documents |",
+                 "|---:|---:|---:|---:|---:|---:|"]
         for length, m in sorted(self.needle.items()):
-            lines.append(f"| {length} | {m['exact']:.2f} | {m['contains']:.2f} | {m['n']:.0f} |")
+            lines.append(f"| {length} | {m['chunks']:.0f} | {m['exact']:.2f} | {m['contains']:.2f} | "
+                         f"{m['routed']:.2f} | {m['n']:.0f} |")
         lines += ["", "### Fictional-fact QA (held-out entities)", "",
                   "| setting | exact | contains | questions |", "|---|---:|---:|---:|"]
         for setting, m in self.facts.items():
@@ -96,20 +100,31 @@ def _score(pairs: list[tuple[str, str]]) -> dict[str, float]:
 @torch.no_grad()
 def evaluate_needle(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, progress: bool = True
                     ) -> dict[int, dict[str, float]]:
+    """Needle accuracy per length, with every chunk's adapter concatenated and with the routed chunk only.
+
+    ``exact``/``contains``: all chunks composed (``DocToLoRA.internalize``). ``routed``:
+    only the chunk BM25 ranks first for the question is applied, as ``LoRAMemory`` does
+    by default (``top_k=1``).
+    """
     rng = random.Random(config.seed)
-    out = {}
     cells = [(n, d) for n in config.needle_lengths for d in config.needle_depths]
-    results: dict[int, list[tuple[str, str]]] = {}
+    composed: dict[int, list[tuple[str, str]]] = {}
+    routed: dict[int, list[tuple[str, str]]] = {}
+    n_chunks: dict[int, float] = {}
     for length, depth in tqdm(cells, desc="needle", disable=not progress):
         for _ in range(config.needle_per_cell):
             ex = needle_example(rng, "heldout", length, length, kinds=("number",), depth=depth)
-            adapter = hypernet.internalize(base, ex.document)
             qa = ex.qa[0]
-            results.setdefault(length, []).append((_answer(base, qa.question, adapter, config.max_new_tokens),
-                                                   qa.answer))
-    for length, pairs in results.items():
-        out[length] = _score(pairs)
-    return out
+            chunks = chunk_text(base.tokenizer, ex.document, hypernet.config.max_chunk_tokens)
+            parts = hypernet.adapters_for_chunks(base, chunks)
+            n_chunks[length] = float(len(chunks))
+            best = BM25Index([c.text for c in chunks]).top_k(qa.question, 1)[0][0]
+            composed.setdefault(length, []).append(
+                (_answer(base, qa.question, hypernet.compose(parts), config.max_new_tokens), qa.answer))
+            routed.setdefault(length, []).append(
+                (_answer(base, qa.question, parts[best], config.max_new_tokens), qa.answer))
+    return {n: {**_score(composed[n]), "routed": _score(routed[n])["exact"], "chunks": n_chunks[n]}
+            for n in composed}
 
 
 @torch.no_grad()
