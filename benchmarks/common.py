@@ -25,7 +25,7 @@ from pydantic import Field
 
 from lora_memory.base import BaseModel, load_base_model
 from lora_memory.hypernet import DocToLoRA, default_hypernet_dir
-from lora_memory.hypernet.model import CONFIG_NAME
+from lora_memory.hypernet.pretrained import CONFIG_NAME
 from lora_memory.training.data import needle_example
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from lora_memory.chunking import chunk_text
 from lora_memory.errors import CorruptEntryError, EmptyDocumentError, IncompatibleAdapterError
 from lora_memory.hypernet import DocToLoRA, HypernetConfig
 from lora_memory.hypernet.encoding import chat_wrap_ids
-from lora_memory.hypernet.model import CONFIG_NAME, WEIGHTS_NAME
+from lora_memory.hypernet.pretrained import CONFIG_NAME, WEIGHTS_NAME
 
 TINY = dict(rank=4, key_dim=16, head_rank=16, latent_dim=32, n_latents=4, n_blocks=1, n_heads=4,
             max_chunk_tokens=32)

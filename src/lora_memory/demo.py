@@ -33,7 +33,7 @@ import torch
 from .base import BaseModel, load_base_model
 from .generation import GenerationConfig, Generated, generate
 from .hypernet import DocToLoRA, default_hypernet_dir
-from .hypernet.model import CONFIG_NAME
+from .hypernet.pretrained import CONFIG_NAME
 from .memory import LoRAMemory
 
 DOCUMENTS: dict[str, str] = {

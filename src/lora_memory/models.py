@@ -11,7 +11,7 @@ from .base import BaseModel, load_base_model
 from .config import MemoryConfig
 from .errors import IncompatibleAdapterError, ModelNotFoundError
 from .hypernet import DocToLoRA, default_hypernet_dir
-from .hypernet.model import CONFIG_NAME
+from .hypernet.pretrained import CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from torch import nn
 from .adapter import LoRAAdapter
 from .base import BaseModel
 from .errors import ModelNotFoundError
-from .hypernet.t2l import CONFIG_NAME, TextToLoRA
+from .hypernet.pretrained import CONFIG_NAME
+from .hypernet.t2l import TextToLoRA
 
 _LOADED: weakref.WeakKeyDictionary[nn.Module, TextToLoRA] = weakref.WeakKeyDictionary()
 _GUARD = threading.Lock()

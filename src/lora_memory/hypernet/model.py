@@ -14,42 +14,36 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapter import LoRAAdapter, LoRAWeights
 from ..base import BaseModel
 from ..chunking import Chunk, chunk_text
-from ..errors import CorruptEntryError, IncompatibleAdapterError
+from ..errors import IncompatibleAdapterError
 from .config import HypernetConfig
 from .encoding import encode_chunks
 from .heads import LoRAHeads
+from .pretrained import PretrainedHypernet
 from .targets import decoder_layers, find_targets
 from .trunks import build_trunk
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
-class DocToLoRA(nn.Module):
+class DocToLoRA(PretrainedHypernet):
     """Generates a LoRA adapter for the base model from a document's activations."""
 
+    config_class = HypernetConfig
+    kind = "Doc-to-LoRA hypernetwork"
+
     def __init__(self, config: HypernetConfig):
-        super().__init__()
         if config.base_hidden_size is None or config.module_d_in is None:
             raise ValueError("config is not bound to a base model; use DocToLoRA.for_base_model")
-        self.config = config
+        super().__init__(config)
         self.trunk = build_trunk(config)
         self.heads = LoRAHeads(config, self.trunk.out_dim)
-        self._fingerprint: str | None = None
 
     # -------------------------------------------------------------- building
     @classmethod
@@ -143,67 +137,3 @@ class DocToLoRA(nn.Module):
             extra = [LoRAAdapter({k: LoRAWeights(w.A.detach(), factor * w.B.detach()) for k, w in bias.weights.items()},
                                  bias.scaling)]
         return LoRAAdapter.concat(parts + extra, metadata={**self._metadata(), "n_chunks": len(parts)})
-
-    # ----------------------------------------------------------- identity
-    def check_base(self, base: BaseModel) -> None:
-        """Raise :class:`IncompatibleAdapterError` unless ``base`` is the model this was built for."""
-        want = self.config.base_fingerprint
-        if want is not None and want != base.fingerprint:
-            raise IncompatibleAdapterError(
-                f"this hypernetwork was built for base model {self.config.base_name!r} (fingerprint {want}), "
-                f"not {base.name!r} (fingerprint {base.fingerprint})"
-            )
-
-    @property
-    def fingerprint(self) -> str:
-        """A hash of the config and weights; part of every adapter cache key."""
-        if self._fingerprint is None:
-            h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
-            for name, tensor in sorted(self.state_dict().items()):
-                h.update(name.encode())
-                h.update(tensor.detach().float().cpu().numpy().tobytes())
-            self._fingerprint = h.hexdigest()[:16]
-        return self._fingerprint
-
-    def invalidate_fingerprint(self) -> None:
-        """Forget the cached fingerprint (call after changing the weights, as training does)."""
-        self._fingerprint = None
-
-    def _metadata(self) -> dict[str, Any]:
-        return {"base_model": self.config.base_name, "base_fingerprint": self.config.base_fingerprint}
-
-    # ---------------------------------------------------------- persistence
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (no pickles)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        (directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, base: BaseModel | None = None,
-                        device: str | torch.device = "cpu") -> DocToLoRA:
-        """Load a saved hypernetwork; with ``base`` given, check it was built for that model.
-
-        Raises:
-            FileNotFoundError: the directory or a file is missing.
-            CorruptEntryError: the files cannot be parsed or do not fit the config.
-            IncompatibleAdapterError: ``base`` is not the model it was built for.
-        """
-        directory = Path(directory)
-        try:
-            config = HypernetConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
-            tensors = load_file(str(directory / WEIGHTS_NAME), device=str(device))
-        except (json.JSONDecodeError, SafetensorError, ValueError) as exc:
-            raise CorruptEntryError(f"cannot read hypernetwork in {directory}: {exc}") from exc
-        model = cls(config)
-        try:
-            model.load_state_dict(tensors, strict=True)
-        except RuntimeError as exc:
-            raise CorruptEntryError(f"hypernetwork weights in {directory} do not fit its config: {exc}") from exc
-        model.to(device).eval()
-        if base is not None:
-            model.check_base(base)
-        return model

@@ -26,30 +26,24 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel as PydanticModel
 from pydantic import Field, model_validator
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..adapter import LoRAAdapter, LoRAWeights
 from ..base import BaseModel
-from ..errors import CorruptEntryError, IncompatibleAdapterError
+from ..errors import IncompatibleAdapterError
+from .pretrained import PretrainedHypernet
 from .targets import decoder_layers, find_targets
 from .task_encoders import TaskEncoder, build_task_encoder, encoder_dim
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 T2L_CONFIG_VERSION = 1
 
 
@@ -124,14 +118,16 @@ class ResidualMLP(nn.Module):
         return x + self.drop(self.down(nn.functional.silu(self.up(self.norm(x)))))
 
 
-class TextToLoRA(nn.Module):
+class TextToLoRA(PretrainedHypernet):
     """Generates a LoRA adapter for the base model from a task-description embedding."""
 
+    config_class = T2LConfig
+    kind = "T2L hypernetwork"
+
     def __init__(self, config: T2LConfig):
-        super().__init__()
         if not config.bound:
             raise ValueError("config is not bound to a base model; use TextToLoRA.for_base_model")
-        self.config = config
+        super().__init__(config)
         D, r, n_layers = config.hidden_dim, config.rank, len(config.target_layers)
         n_mod, U = len(config.target_modules), config.units
         self.task_proj = nn.Sequential(nn.Linear(config.task_embed_dim, D), nn.LayerNorm(D))
@@ -156,7 +152,6 @@ class TextToLoRA(nn.Module):
         # slot ids: (module, layer, unit) for every slot, module-major
         grid = torch.cartesian_prod(torch.arange(n_mod), torch.arange(n_layers), torch.arange(U))
         self.register_buffer("slot_ids", grid, persistent=False)  # (n_mod * n_layers * U, 3)
-        self._fingerprint: str | None = None
         self._encoder: TaskEncoder | None = None
 
     # -------------------------------------------------------------- building
@@ -246,64 +241,3 @@ class TextToLoRA(nn.Module):
     def task_adapter(self, base: BaseModel, description: str) -> LoRAAdapter:
         """The adapter for one task description (see :meth:`task_adapters`)."""
         return self.task_adapters(base, [description])[0]
-
-    # ----------------------------------------------------------- identity
-    def check_base(self, base: BaseModel) -> None:
-        """Raise :class:`IncompatibleAdapterError` unless ``base`` is the model this was built for."""
-        want = self.config.base_fingerprint
-        if want is not None and want != base.fingerprint:
-            raise IncompatibleAdapterError(
-                f"this T2L hypernetwork was built for base model {self.config.base_name!r} (fingerprint {want}), "
-                f"not {base.name!r} (fingerprint {base.fingerprint})"
-            )
-
-    @property
-    def fingerprint(self) -> str:
-        """A hash of the config and weights; identifies the adapters this T2L writes."""
-        if self._fingerprint is None:
-            h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
-            for name, tensor in sorted(self.state_dict().items()):
-                h.update(name.encode())
-                h.update(tensor.detach().float().cpu().numpy().tobytes())
-            self._fingerprint = h.hexdigest()[:16]
-        return self._fingerprint
-
-    def invalidate_fingerprint(self) -> None:
-        """Forget the cached fingerprint (call after changing the weights, as training does)."""
-        self._fingerprint = None
-
-    def _metadata(self) -> dict[str, Any]:
-        return {"base_model": self.config.base_name, "base_fingerprint": self.config.base_fingerprint}
-
-    # ---------------------------------------------------------- persistence
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (no pickles)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        (directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, base: BaseModel | None = None,
-                        device: str | torch.device = "cpu") -> TextToLoRA:
-        """Load a saved T2L; with ``base`` given, check it was built for that model.
-
-        Raises:
-            FileNotFoundError: the directory or a file is missing.
-            CorruptEntryError: the files cannot be parsed or do not fit the config.
-            IncompatibleAdapterError: ``base`` is not the model it was built for.
-        """
-        directory = Path(directory)
-        try:
-            config = T2LConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
-            tensors = load_file(str(directory / WEIGHTS_NAME), device=str(device))
-            model = cls(config)
-            model.load_state_dict(tensors, strict=True)
-        except (json.JSONDecodeError, SafetensorError, ValueError, RuntimeError) as exc:
-            raise CorruptEntryError(f"cannot read T2L hypernetwork in {directory}: {exc}") from exc
-        model.to(device).eval()
-        if base is not None:
-            model.check_base(base)
-        return model
