@@ -34,7 +34,7 @@ def run(ctx: Context, img: Path) -> Section:
     results: dict[int, dict[str, Stats]] = {}
     prompt_tokens: dict[int, dict[str, int]] = {}
     completion: dict[int, dict[str, list[int]]] = {}
-    for length in s.answer_lengths:
+    for i, length in enumerate(s.answer_lengths):
         doc = timing_document(base, length, s.seed)
         adapter = ctx.hypernet.internalize(base, doc.text).to(dtype=base.dtype)  # as the memory applies it
         index = ctx.rag.index(doc.text)
@@ -52,7 +52,8 @@ def run(ctx: Context, img: Path) -> Section:
             done[variant].append(out.completion_tokens)
             used[variant] = out.prompt_tokens
 
-        results[length] = measure({v: (lambda v=v: answer(v)) for v in done}, s.runs, s.warmup)
+        warmup = s.warmup if i == 0 else 0  # process warm-up once, before the first length
+        results[length] = measure({v: (lambda v=v: answer(v)) for v in done}, s.runs, warmup)
         prompt_tokens[length], completion[length] = used, done
 
     lengths = list(results)

@@ -11,6 +11,7 @@ compared with a real one. Peak RSS is measured per variant in its own process
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -162,6 +163,12 @@ def run(ctx: Context, img: Path) -> Section:
         "Lengths above the hypernetwork's `max_chunk_tokens` need a hypernetwork trained for them.",
         "",
         *md_table(["chunk tokens", *(f"rank {r}" for r in COMBO_RANKS)], combo_rows),
+        "",
+        f"The 1/50 target needs chunk tokens / rank >= {math.ceil(50 * per_rank / kv_tok)} per chunk (the table's ✓ "
+        f"cells); the default ({hc.max_chunk_tokens} tokens, rank {hc.rank}) stores 1/{default_ratio:.1f}. For a "
+        f"whole long document a rank budget gets there instead: with `max_rank={COMPRESSED_RANK}` the applied "
+        "adapter stays the same size whatever the length (see *KV / applied* above), at the price of an SVD "
+        "approximation.",
         "",
         f"Peak RSS, each variant in its own process (load the base model and what the variant needs, take in "
         f"the document, answer one question; {s.runs} processes each, alternated), as the process's own "

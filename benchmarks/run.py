@@ -81,7 +81,8 @@ def render(settings: BenchSettings, machine: dict, ctx: Context, sections: list[
         "",
         f"Every timing is the median of {settings.runs} runs with (min-max), the variants of a measurement "
         "alternated in one process (order reversed every other run) after "
-        f"{settings.warmup} untimed warm-up run(s), so noise hits them equally. Hypernetwork: {ctx.hypernet_label}.",
+        f"{settings.warmup} untimed warm-up run(s) of every variant at the first length, so noise hits them "
+        f"equally. Hypernetwork: {ctx.hypernet_label}.",
         "",
         "## Machine",
         "",
