@@ -14,12 +14,21 @@ from lora_memory.adapter import LoRAAdapter, LoRAWeights
 from lora_memory.apply import apply_adapter
 from lora_memory.base import BaseModel, model_fingerprint
 from lora_memory.errors import CorruptEntryError, IncompatibleAdapterError, ModelNotFoundError
-from lora_memory.hypernet.t2l import WEIGHTS_NAME, T2LConfig, TextToLoRA
+from lora_memory.hypernet.pretrained import WEIGHTS_NAME
+from lora_memory.hypernet.t2l import T2LConfig, TextToLoRA
 from lora_memory.hypernet.task_encoders import MiniLMEncoder
-from lora_memory.tasks import task_adapter
+from lora_memory.tasks import default_t2l_dir, task_adapter
 from lora_memory.training import t2l_train
 from lora_memory.training.t2l_data import TASKS, task_batches, task_by_name, task_split
-from lora_memory.training.t2l_eval import DOC_BEGIN, DOC_END, contains, evaluate_task, greedy_answers, write_doc
+from lora_memory.training.t2l_eval import (
+    DOC_BEGIN,
+    DOC_END,
+    EVAL_SEED,
+    contains,
+    evaluate_task,
+    greedy_answers,
+    write_doc,
+)
 from lora_memory.training.t2l_train import T2LTrainConfig, delta_distance, stack_adapters, train
 
 VARIANTS = ["L", "M", "S"]
@@ -286,3 +295,19 @@ def test_minilm_encoder_embeds_meaning():
     e = enc.encode(["Answer in uppercase letters.", "Reply using only capital letters.", "Translate into French."])
     assert e.shape == (3, 384) and torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["product_sentiment", "extract_number"])
+def test_shipped_t2l_steers_the_embedded_model_on_a_held_out_task(embedded_base, name):
+    """Held-out tasks where docs/t2l.md measured T2L at 1.00 exact match and the bare model at 0.00."""
+    if not (default_t2l_dir() / "config.json").is_file():
+        pytest.skip("no T2L checkpoint ships in this checkout")
+    task = task_by_name(name)
+    assert task.held_out
+    examples = task.examples(8, EVAL_SEED)
+    inputs, answers = [x for x, _ in examples], [y for _, y in examples]
+    adapter = task_adapter(embedded_base, task.eval_descriptions[0])
+    hits = lambda preds: sum(task.correct(p, a) for p, a in zip(preds, answers))  # noqa: E731
+    assert hits(greedy_answers(embedded_base, inputs, adapter, max_new_tokens=12)) >= 6
+    assert hits(greedy_answers(embedded_base, inputs, None, max_new_tokens=12)) <= 2
