@@ -44,11 +44,15 @@ DOCUMENTS: dict[str, str] = {
 }
 DOCUMENT = "\n\n".join(DOCUMENTS.values())  # what the in-context mode pastes into the prompt
 
-QUESTIONS: list[tuple[str, str]] = [  # (question, the word a right answer contains)
+QUESTIONS: list[tuple[str, str]] = [  # one question per fact, (question, the words a right answer contains)
     ("What year was Odile Marchetti born? Reply with only the year.", "1958"),
+    ("In which city does Odile Marchetti live? Reply with only the city.", "Varnholm"),
+    ("What is Odile Marchetti's profession? Reply with only the profession.", "gardener"),
     ("What is the name of Odile Marchetti's pet? Reply with only the name.", "Pell"),
+    ("In what year was Tessel Works founded? Reply with only the year.", "1911"),
     ("Who founded Tessel Works? Reply with only the name.", "Mira Kessel"),
     ("Where is Tessel Works headquartered? Reply with only the city.", "Dravenport"),
+    ("What does Tessel Works make? Reply with only the product.", "sailboats"),
 ]
 
 Mode = Callable[[BaseModel, str, GenerationConfig], Generated]
