@@ -13,15 +13,12 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from .generation import GenerationConfig
-
-logger = logging.getLogger(__name__)
+from .saved_config import SavedConfig
 
 CONFIG_VERSION = 1
 DEFAULT_CACHE_SIZE_LIMIT = 4 * 2**30  # 4 GiB: ~2,000 chunk adapters of the embedded model (2 MiB each in fp32)
@@ -29,7 +26,7 @@ DEFAULT_INGEST_BATCH_SIZE = 8  # chunks encoded per hypernetwork pass
 DEFAULT_TOP_K = 1  # chunks routed to a question; why: docs/collections.md
 
 
-class MemoryConfig(BaseModel):
+class MemoryConfig(SavedConfig):
     """Settings of a :class:`lora_memory.LoRAMemory`."""
 
     base_model: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct), a local directory or "
@@ -63,19 +60,3 @@ class MemoryConfig(BaseModel):
     config_version: int = Field(CONFIG_VERSION, description="Version of this schema that wrote the config.")
 
     model_config = {"extra": "forbid"}
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (paths as strings)."""
-        return self.model_dump(mode="json")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MemoryConfig:
-        """Build from :meth:`to_dict` output, dropping (with a warning) keys a newer version added.
-
-        Raises:
-            pydantic.ValidationError: a value is invalid (the message names the field).
-        """
-        unknown = set(data) - set(cls.model_fields)
-        if unknown:
-            logger.warning("ignoring unknown memory config keys: %s", sorted(unknown))
-        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})

@@ -9,17 +9,17 @@ and dimensions so loading against another model fails loudly.
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
-logger = logging.getLogger(__name__)
+from ..saved_config import SavedConfig
+
 
 CONFIG_VERSION = 1
 
 
-class HypernetConfig(BaseModel):
+class HypernetConfig(SavedConfig):
     """Doc-to-LoRA hypernetwork configuration.
 
     The ``base_*`` fields are filled from the base model by
@@ -100,15 +100,4 @@ class HypernetConfig(BaseModel):
         if self.input_layer is not None:
             return self.input_layer
         return max(self.layers)  # hidden_states[i] is the input of layer i
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HypernetConfig:
-        """Build from a saved dict, dropping (with a warning) keys a newer version added."""
-        unknown = set(data) - set(cls.model_fields)
-        if unknown:
-            logger.warning("ignoring unknown hypernetwork config keys: %s", sorted(unknown))
-        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
 

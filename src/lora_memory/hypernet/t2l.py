@@ -26,28 +26,26 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel as PydanticModel
 from pydantic import Field, model_validator
 from torch import nn
 
 from ..adapter import LoRAAdapter, LoRAWeights
 from ..base import BaseModel
 from ..errors import IncompatibleAdapterError
+from ..saved_config import SavedConfig
 from .pretrained import PretrainedHypernet
 from .targets import decoder_layers, find_targets
 from .task_encoders import TaskEncoder, build_task_encoder, encoder_dim
 
-logger = logging.getLogger(__name__)
 
 T2L_CONFIG_VERSION = 1
 
 
-class T2LConfig(PydanticModel):
+class T2LConfig(SavedConfig):
     """Text-to-LoRA configuration; the ``base_*`` fields are filled by :meth:`TextToLoRA.for_base_model`."""
 
     variant: Literal["L", "M", "S"] = Field("L", description="Head size: L (full), M (shared A/B), S (per rank row).")
@@ -91,17 +89,6 @@ class T2LConfig(PydanticModel):
 
     def module_name(self, layer: int, suffix: str) -> str:
         return f"{self.layers_prefix}.{layer}.{suffix}"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> T2LConfig:
-        """Build from a saved dict, dropping (with a warning) keys a newer version added."""
-        unknown = set(data) - set(cls.model_fields)
-        if unknown:
-            logger.warning("ignoring unknown T2L config keys: %s", sorted(unknown))
-        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
 
 
 class ResidualMLP(nn.Module):
