@@ -35,6 +35,7 @@ from .generation import GenerationConfig, Generated, generate
 from .hypernet import DocToLoRA, default_hypernet_dir
 from .hypernet.pretrained import CONFIG_NAME
 from .memory import LoRAMemory
+from .training.teacher import in_context_prompt
 
 DOCUMENTS: dict[str, str] = {
     "keeper": "Odile Marchetti was born in 1958. Odile Marchetti lives in the city of Varnholm. "
@@ -72,7 +73,7 @@ class Row:
 
 def in_context(base: BaseModel, question: str, config: GenerationConfig) -> Generated:
     """The documents in the prompt, then the question (what RAG does)."""
-    return generate(base.model, base.tokenizer, f"{DOCUMENT}\n\n{question}", config=config)
+    return generate(base.model, base.tokenizer, in_context_prompt(DOCUMENT, question), config=config)
 
 
 def closed_book(base: BaseModel, question: str, config: GenerationConfig) -> Generated:
