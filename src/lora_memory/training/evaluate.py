@@ -128,6 +128,11 @@ def evaluate_needle(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, pr
 
 
 @torch.no_grad()
+def _generate_answers(base: BaseModel, example: Example, adapter, max_new_tokens: int) -> list[tuple[str, str]]:
+    return [(_answer(base, qa.question, adapter, max_new_tokens), qa.answer) for qa in example.qa]
+
+
+@torch.no_grad()
 def evaluate_facts(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, progress: bool = True
                    ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     rng = random.Random(config.seed + 1)
@@ -137,17 +142,11 @@ def evaluate_facts(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, pro
     for ex in tqdm(examples, desc="facts", disable=not progress):
         adapter = hypernet.internalize(base, ex.document)
         adapters.append(adapter)
-        for qa in ex.qa:
-            settings["internalized"].append((_answer(base, qa.question, adapter, config.max_new_tokens), qa.answer))
-            settings["in-context"].append(
-                (_answer(base, in_context_prompt(ex.document, qa.question), None, config.max_new_tokens), qa.answer))
-            settings["closed-book"].append((_answer(base, qa.question, None, config.max_new_tokens), qa.answer))
+        settings["internalized"] += _generate_answers(base, ex, adapter, config.max_new_tokens)
+        settings["closed-book"] += _generate_answers(base, ex, None, config.max_new_tokens)
+        settings["in-context"] += [(_answer(base, in_context_prompt(ex.document, qa.question), None,
+                                            config.max_new_tokens), qa.answer) for qa in ex.qa]
     return {k: _score(v) for k, v in settings.items()}, adapter_spread(adapters)
-
-
-@torch.no_grad()
-def _generate_answers(base: BaseModel, example: Example, adapter, max_new_tokens: int) -> list[tuple[str, str]]:
-    return [(_answer(base, qa.question, adapter, max_new_tokens), qa.answer) for qa in example.qa]
 
 
 def evaluate_capacity(base: BaseModel, config: HypernetConfig, documents: int = 5, steps: int = 30,
