@@ -14,9 +14,10 @@ import torch
 
 from lora_memory.adapter import LoRAAdapter, LoRAWeights
 from lora_memory.cache import AdapterCache
+from lora_memory.storage import CHUNK_TEXT_KEY, adapter_from_bytes, safetensors_metadata
 
 DIM = 256
-ENTRY_BYTES = 66_304  # one _adapter() as stored: 4 modules x rank 8 x (256 + 256) fp32, plus header
+ENTRY_BYTES = 66_336  # one _adapter() as stored: 4 modules x rank 8 x (256 + 256) fp32, plus header
 
 
 def _adapter(seed: int, rank: int = 8, batch: tuple[int, ...] = ()) -> LoRAAdapter:
@@ -42,20 +43,31 @@ def cache(tmp_path: Path) -> AdapterCache:
 
 
 def test_key_depends_on_every_part():
-    key = AdapterCache.key("hyper", "base", [1, 2, 3])
-    assert key == AdapterCache.key("hyper", "base", [1, 2, 3]) and len(key) == 64
-    others = {AdapterCache.key("hyper2", "base", [1, 2, 3]), AdapterCache.key("hyper", "base2", [1, 2, 3]),
-              AdapterCache.key("hyper", "base", [1, 2]), AdapterCache.key("hyper", "base", [3, 2, 1]),
-              AdapterCache.key("hyper", "base", [1, 2, 3 + 2**40])}
-    assert len(others) == 5 and key not in others
+    key = AdapterCache.key("hyper", "base", [1, 2, 3], "bfloat16")
+    assert key == AdapterCache.key("hyper", "base", [1, 2, 3], "bfloat16") and len(key) == 64
+    others = {AdapterCache.key("hyper2", "base", [1, 2, 3], "bfloat16"),
+              AdapterCache.key("hyper", "base2", [1, 2, 3], "bfloat16"),
+              AdapterCache.key("hyper", "base", [1, 2], "bfloat16"),
+              AdapterCache.key("hyper", "base", [3, 2, 1], "bfloat16"),
+              AdapterCache.key("hyper", "base", [1, 2, 3 + 2**40], "bfloat16"),
+              AdapterCache.key("hyper", "base", [1, 2, 3], "float32")}
+    assert len(others) == 6 and key not in others
 
 
 def test_miss_then_hit_round_trips_exactly(cache):
-    key = AdapterCache.key("h", "b", [5, 6])
+    key = AdapterCache.key("h", "b", [5, 6], "float32")
     assert cache.get(key) is None and key not in cache and len(cache) == 0
     cache.put(key, _adapter(0))
     assert key in cache and len(cache) == 1
     _assert_same(cache.get(key), _adapter(0))
+
+
+def test_entry_is_the_chunk_file_with_its_checksum(cache):
+    put = cache.put("k", _adapter(0), "the chunk's text")
+    got = cache.get_entry("k")
+    assert got == put and got.sha256 == hashlib.sha256(got.payload).hexdigest()
+    assert safetensors_metadata(got.payload)[CHUNK_TEXT_KEY] == "the chunk's text"
+    _assert_same(adapter_from_bytes(got.payload), _adapter(0))
 
 
 def test_bf16_adapters_keep_their_dtype(cache):

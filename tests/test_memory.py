@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import json
 import multiprocessing
 from pathlib import Path
@@ -320,12 +322,27 @@ def test_collection_survives_cache_loss(open_memory, encoded):
 
 
 def test_cache_is_shared_between_collections(open_memory, encoded):
-    open_memory("one").add(FACTS)
+    one = open_memory("one")
+    one.add(FACTS)
     assert sum(encoded) > 0
     encoded.clear()
     two = open_memory("two")
     two.add(FACTS)
     assert encoded == [] and two.get(two.list()[0].doc_id).n_chunks > 1
+    files = {m: {p.name: p.read_bytes() for p in (m.collection.directory / ADAPTERS_DIR).glob("*.safetensors")}
+             for m in (one, two)}
+    assert files[one] == files[two]  # a hit is copied byte for byte
+    _assert_same_adapter(two.adapter(), one.adapter())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_chunk_adapters_are_stored_in_the_base_models_dtype(open_memory, tiny_llama, dtype):
+    base = dataclasses.replace(tiny_llama, model=copy.deepcopy(tiny_llama.model).to(dtype))
+    memory = open_memory(str(dtype).removeprefix("torch."), base=base)
+    memory.add(ZEBRA)
+    [chunk] = memory.collection.record(memory.list()[0].doc_id).chunks
+    stored = memory.collection.read_chunk(chunk)
+    assert {w.A.dtype for w in stored.weights.values()} == {dtype}
 
 
 def test_corrupt_chunk_file_is_reported(open_memory):
@@ -355,11 +372,11 @@ def test_interrupted_ingest_leaves_collection_unchanged_and_resumes(open_memory,
     put = memory.cache.put
     stored = []
 
-    def put_then_crash(key, value):
+    def put_then_crash(key, adapter, text):
         if stored:
             raise KeyboardInterrupt
         stored.append(key)
-        put(key, value)
+        return put(key, adapter, text)
 
     monkeypatch.setattr(memory.cache, "put", put_then_crash)
     encoded.clear()

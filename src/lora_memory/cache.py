@@ -1,19 +1,21 @@
 """The content-addressed adapter cache shared by every collection and process.
 
-A chunk's adapter depends only on the hypernetwork, the base model and the
-chunk's token ids, so that triple (hashed) is the key: the same chunk is never
-encoded twice, whichever collection or process asks. Storage is
+A chunk's adapter depends only on the hypernetwork, the base model, the dtype it
+is stored in and the chunk's token ids, so those (hashed) are the key: the same
+chunk is never encoded twice, whichever collection or process asks. Storage is
 :class:`diskcache.Cache` (SQLite index, process-safe, size-limited with
 least-recently-used eviction). Values are bytes, never pickles: a sha256 digest of
-the payload followed by the payload, safetensors bytes carrying the adapter's
-JSON config (:func:`lora_memory.storage.adapter_to_bytes`). An entry that fails
-its checksum or cannot be parsed is logged, deleted and reported as a miss, so it
-is simply encoded again.
+the payload followed by the payload, a chunk file's exact bytes (safetensors with
+the adapter's JSON config and the chunk's text,
+:func:`lora_memory.storage.chunk_file_bytes`). A hit therefore goes into a
+collection as it is, its digest doubling as the collection's file checksum. An
+entry that fails its checksum or whose header cannot be parsed is logged, deleted
+and reported as a miss, so it is simply encoded again.
 
 Example:
     >>> cache = AdapterCache(tmp_dir)  # doctest: +SKIP
-    >>> key = AdapterCache.key(hypernet.fingerprint, base.fingerprint, chunk.token_ids)  # doctest: +SKIP
-    >>> cache.get(key) or cache.put(key, adapter)  # doctest: +SKIP
+    >>> key = AdapterCache.key(hypernet.fingerprint, base.fingerprint, chunk.token_ids, "bfloat16")  # doctest: +SKIP
+    >>> cache.get_entry(key) or cache.put(key, adapter, chunk.text)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import diskcache
 
@@ -30,13 +33,21 @@ from .adapter import LoRAAdapter
 from .config import DEFAULT_CACHE_SIZE_LIMIT
 from .errors import CorruptEntryError
 from .paths import adapter_cache_dir
-from .storage import adapter_from_bytes, adapter_to_bytes
+from .storage import adapter_from_bytes, check_chunk_file_header, chunk_file_bytes
 
 logger = logging.getLogger(__name__)
 
 DIGEST_BYTES = 32  # sha256
 EVICTION_POLICY = "least-recently-used"
 SQLITE_TIMEOUT_S = 60  # seconds a process waits for another's write transaction
+KEY_VERSION = 2  # bumped when the entry format changes, so old entries are never read (2: chunk-file bytes)
+
+
+class CacheEntry(NamedTuple):
+    """A verified cache value: a chunk file's bytes and their sha256 (hex)."""
+
+    payload: bytes
+    sha256: str
 
 
 class AdapterCache:
@@ -56,14 +67,14 @@ class AdapterCache:
                                       eviction_policy=EVICTION_POLICY, timeout=SQLITE_TIMEOUT_S)
 
     @staticmethod
-    def key(hypernet_fingerprint: str, base_fingerprint: str, token_ids: Sequence[int]) -> str:
-        """The cache key of a chunk: sha256 over both fingerprints and the token ids (64 hex chars)."""
-        h = hashlib.sha256(f"{hypernet_fingerprint}:{base_fingerprint}:".encode())
+    def key(hypernet_fingerprint: str, base_fingerprint: str, token_ids: Sequence[int], dtype: str) -> str:
+        """The cache key of a chunk: sha256 over both fingerprints, the storage dtype and the token ids (64 hex)."""
+        h = hashlib.sha256(f"v{KEY_VERSION}:{hypernet_fingerprint}:{base_fingerprint}:{dtype}:".encode())
         h.update(array("q", token_ids).tobytes())
         return h.hexdigest()
 
-    def get(self, key: str) -> LoRAAdapter | None:
-        """The adapter stored under ``key``, or None on a miss.
+    def get_entry(self, key: str) -> CacheEntry | None:
+        """The verified chunk-file bytes stored under ``key``, or None on a miss.
 
         A corrupt or truncated entry is logged, deleted and reported as a miss.
 
@@ -74,21 +85,30 @@ class AdapterCache:
         if blob is None:
             return None
         try:
-            return _decode(blob)
+            return _verify(blob)
         except CorruptEntryError as exc:
             logger.warning("adapter cache entry %s is corrupt (%s); deleting it, it will be re-encoded", key[:12], exc)
             self._cache.delete(key, retry=True)
             return None
 
-    def put(self, key: str, adapter: LoRAAdapter) -> None:
-        """Store ``adapter`` under ``key`` (replacing any entry); may evict old entries.
+    def get(self, key: str) -> LoRAAdapter | None:
+        """The adapter stored under ``key``, or None on a miss (see :meth:`get_entry`)."""
+        entry = self.get_entry(key)
+        return None if entry is None else adapter_from_bytes(entry.payload)
+
+    def put(self, key: str, adapter: LoRAAdapter, text: str = "") -> CacheEntry:
+        """Store ``adapter`` and its chunk's ``text`` under ``key`` (replacing any entry); may evict old entries.
+
+        Returns the stored entry, ready to be written into a collection.
 
         Raises:
             ValueError: the adapter is batched.
             diskcache.Timeout: the cache stayed locked by another process for ``SQLITE_TIMEOUT_S``.
         """
-        payload = adapter_to_bytes(adapter)
-        self._cache.set(key, hashlib.sha256(payload).digest() + payload, retry=True)
+        payload = chunk_file_bytes(adapter, text)
+        digest = hashlib.sha256(payload)
+        self._cache.set(key, digest.digest() + payload, retry=True)
+        return CacheEntry(payload, digest.hexdigest())
 
     def __contains__(self, key: str) -> bool:
         return key in self._cache
@@ -109,11 +129,12 @@ class AdapterCache:
         self._cache.close()
 
 
-def _decode(blob: object) -> LoRAAdapter:
-    """Check the digest and parse; raise :class:`CorruptEntryError` on any mismatch."""
+def _verify(blob: object) -> CacheEntry:
+    """Check the digest and the chunk-file header; raise :class:`CorruptEntryError` on any mismatch."""
     if not isinstance(blob, bytes) or len(blob) <= DIGEST_BYTES:
         raise CorruptEntryError("entry is not a digest followed by a payload")
     digest, payload = blob[:DIGEST_BYTES], blob[DIGEST_BYTES:]
     if hashlib.sha256(payload).digest() != digest:
         raise CorruptEntryError("checksum mismatch")
-    return adapter_from_bytes(payload)
+    check_chunk_file_header(payload)
+    return CacheEntry(payload, digest.hex())

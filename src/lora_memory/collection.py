@@ -19,7 +19,7 @@ manifest when its file changes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .adapter import LoRAAdapter
 from .errors import CollectionError, CorruptEntryError, DocumentNotFoundError, IncompatibleAdapterError
-from .storage import TMP_SUFFIX, adapter_from_bytes, adapter_to_bytes, atomic_write, read_safetensors_metadata, sha256
+from .storage import (CHUNK_TEXT_KEY, TMP_SUFFIX, adapter_from_bytes, atomic_write, atomic_write_many,
+                      read_safetensors_metadata, sha256)
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ MANIFEST_NAME = "manifest.json"
 ADAPTERS_DIR = "adapters"
 LOCK_NAME = ".lock"
 CHUNK_SUFFIX = ".safetensors"
-TEXT_KEY = "text"
 MANIFEST_VERSION = 1
 SNIPPET_CHARS = 200
 
@@ -199,7 +199,7 @@ class Collection:
             CorruptEntryError: the header cannot be parsed or lacks the text.
         """
         try:
-            return read_safetensors_metadata(self.chunk_path(key))[TEXT_KEY]
+            return read_safetensors_metadata(self.chunk_path(key))[CHUNK_TEXT_KEY]
         except KeyError:
             raise CorruptEntryError(f"{self.chunk_path(key)} has no chunk text") from None
 
@@ -245,15 +245,13 @@ class Collection:
         finally:
             self._lock.release()
 
-    def write_chunk(self, key: str, adapter: LoRAAdapter, text: str) -> str:
-        """Write a chunk's adapter file with its text (atomically); returns the file's checksum.
+    def write_chunks(self, files: Mapping[str, bytes]) -> None:
+        """Write chunk files (key -> :func:`lora_memory.storage.chunk_file_bytes`), atomically, one directory fsync.
 
         Call inside :meth:`locked`, for keys the manifest does not hold yet (their files
         must not change under readers).
         """
-        data = adapter_to_bytes(adapter, {TEXT_KEY: text})
-        atomic_write(self.chunk_path(key), data)
-        return sha256(data)
+        atomic_write_many({self.chunk_path(key): data for key, data in files.items()})
 
     def commit(self, record: DocumentRecord | None = None, *, remove: str | None = None,
                models: dict[str, str] | None = None) -> None:

@@ -60,25 +60,30 @@ def ingest_document(doc: LoadedDocument, *, base: BaseModel, hypernet: DocToLoRA
 
 def _store_batch(batch: list[Chunk], base: BaseModel, hypernet: DocToLoRA, cache: AdapterCache,
                  collection: Collection, checksums: dict[str, str]) -> list[ChunkRecord]:
-    """Records for ``batch``; chunk files not in ``checksums`` are written and added to it."""
-    keys = [AdapterCache.key(hypernet.fingerprint, base.fingerprint, c.token_ids) for c in batch]
+    """Records for ``batch``; chunk files not in ``checksums`` are written and added to it.
+
+    Cache hits are written into the collection byte for byte; only misses go
+    through the hypernetwork (and into the cache).
+    """
+    dtype = str(base.dtype).removeprefix("torch.")
+    keys = [AdapterCache.key(hypernet.fingerprint, base.fingerprint, c.token_ids, dtype) for c in batch]
     needed = {k: c for k, c in zip(keys, batch) if k not in checksums}  # also drops repeats within the batch
-    adapters = {k: cache.get(k) for k in needed}
-    missing = [k for k, a in adapters.items() if a is None]
+    entries = {k: cache.get_entry(k) for k in needed}
+    missing = [k for k, e in entries.items() if e is None]
     if missing:
         encoded = hypernet.adapters_for_chunks(base, [needed[k] for k in missing], batch_size=len(missing))
         for k, adapter in zip(missing, encoded):
-            adapters[k] = _plain(adapter, base, hypernet)
-            cache.put(k, adapters[k])
-    for k, chunk in needed.items():
-        checksums[k] = collection.write_chunk(k, adapters[k], chunk.text)
+            entries[k] = cache.put(k, _plain(adapter, base, hypernet), needed[k].text)
+    collection.write_chunks({k: e.payload for k, e in entries.items()})
+    checksums.update({k: e.sha256 for k, e in entries.items()})
     return [ChunkRecord(key=k, sha256=checksums[k], char_start=c.char_start, char_end=c.char_end,
                         n_tokens=len(c.token_ids), snippet=c.text[:SNIPPET_CHARS])
             for k, c in zip(keys, batch)]
 
 
 def _plain(adapter: LoRAAdapter, base: BaseModel, hypernet: DocToLoRA) -> LoRAAdapter:
-    """The adapter on the CPU with only position-independent metadata, so equal chunks store equal bytes."""
+    """The adapter as stored: on the CPU, in the base model's dtype (the dtype it is applied in, so storing
+    it costs no precision at query time), with only position-independent metadata (equal chunks, equal bytes)."""
     meta = {"base_model": base.name, "base_fingerprint": base.fingerprint,
             "hypernet_fingerprint": hypernet.fingerprint}
-    return LoRAAdapter(adapter.to("cpu").weights, adapter.scaling, meta)
+    return LoRAAdapter(adapter.to("cpu", dtype=base.dtype).weights, adapter.scaling, meta)

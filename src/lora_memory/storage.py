@@ -2,7 +2,9 @@
 
 - Adapters become safetensors *bytes* whose header metadata holds the adapter's
   JSON config (and any extra strings, such as a chunk's text): one self-describing
-  blob, never a pickle.
+  blob, never a pickle. A *chunk file* is such a blob with the chunk's text; the
+  adapter cache stores exactly these bytes, so a cache hit is copied into a
+  collection without decoding or re-encoding anything.
 - Files are written atomically: a unique temporary file in the same directory,
   flushed and fsynced, then ``os.replace``; a crash leaves the old file or the new
   one, never half of one.
@@ -26,6 +28,7 @@ from .adapter import LoRAAdapter
 from .errors import CorruptEntryError
 
 ADAPTER_CONFIG_KEY = "adapter_config"
+CHUNK_TEXT_KEY = "text"
 TMP_SUFFIX = ".tmp"
 _HEADER_LEN_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
 
@@ -49,6 +52,22 @@ def adapter_to_bytes(adapter: LoRAAdapter, extra: Mapping[str, str] | None = Non
     tensors = {k: v.cpu() for k, v in adapter.state_dict().items()}
     metadata = {"format": "pt", ADAPTER_CONFIG_KEY: json.dumps(adapter.config_dict(), sort_keys=True), **extra}
     return save_tensors(tensors, metadata=metadata)
+
+
+def chunk_file_bytes(adapter: LoRAAdapter, text: str) -> bytes:
+    """The bytes of a chunk file: the chunk's adapter with its text in the header metadata."""
+    return adapter_to_bytes(adapter, {CHUNK_TEXT_KEY: text})
+
+
+def check_chunk_file_header(data: bytes) -> None:
+    """Raise unless ``data`` starts with a chunk file's header (an adapter config and a text); reads no tensors.
+
+    Raises:
+        CorruptEntryError: the header is truncated, not JSON, or lacks either key.
+    """
+    missing = {ADAPTER_CONFIG_KEY, CHUNK_TEXT_KEY} - set(safetensors_metadata(data))
+    if missing:
+        raise CorruptEntryError(f"not a chunk file: its header lacks {sorted(missing)}")
 
 
 def adapter_from_bytes(data: bytes, device: str | torch.device = "cpu") -> LoRAAdapter:
@@ -98,18 +117,34 @@ def atomic_write(path: Path, data: bytes) -> None:
     Raises:
         OSError: the directory is not writable or the disk is full (``path`` is left untouched).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write_many({path: data})
+
+
+def atomic_write_many(files: Mapping[Path, bytes]) -> None:
+    """:func:`atomic_write` for several files: each file is fsynced, each directory once at the end.
+
+    A batch of N chunk files costs N + 1 fsyncs instead of 2N. Files already
+    replaced stay written if a later one fails.
+
+    Raises:
+        OSError: a directory is not writable or the disk is full (the failing path is left untouched).
+    """
+    directories: dict[Path, None] = {}
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=TMP_SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        directories[path.parent] = None
+    for directory in directories:
+        _fsync_dir(directory)
 
 
 def _fsync_dir(directory: Path) -> None:
