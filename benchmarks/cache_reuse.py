@@ -5,8 +5,8 @@ the already loaded models, and times three ``LoRAMemory.add`` calls in the only
 order that makes sense:
 
 - **first ingest**: collection A, empty cache: every chunk goes through the hypernetwork;
-- **cache hit**: the same document into a new collection B: every chunk adapter
-  comes from the shared content-addressed cache (read, checked, written to B);
+- **cache hit**: the same document into a new collection B: every chunk file
+  comes from the shared content-addressed cache (read, checksum verified, written to B as is);
 - **unchanged re-add**: the same document into A again: recognised by its checksum, skipped.
 """
 
@@ -84,8 +84,8 @@ def run(ctx: Context, img: Path) -> Section:
         *md_table(["tokens", FIRST, HIT, UNCHANGED, "first / hit", "first / unchanged"], rows),
         "",
         "Each run: a fresh temporary `LORA_MEMORY_HOME`, then `add` into collection A (first ingest), the same "
-        "document into a new collection B sharing the adapter cache (cache hit: adapters read from the cache, "
-        "checked and written into B's directory), and into A again (unchanged: skipped by checksum). The order is "
+        "document into a new collection B sharing the adapter cache (cache hit: chunk files read from the "
+        "cache, checksum verified and written into B's directory byte for byte), and into A again (unchanged: skipped by checksum). The order is "
         "fixed by what is measured, so these three are not alternated; an untimed warm-up run precedes the first "
         "length.",
         "",
@@ -94,11 +94,11 @@ def run(ctx: Context, img: Path) -> Section:
     ratios = {n: results[n][FIRST].median / results[n][HIT].median for n in lengths}
     worst = min(ratios, key=ratios.get)
     if ratios[worst] < 50:
-        chunk_mib = 2 * ctx.hypernet.config.rank * adapter_bytes_per_rank(ctx) / 2**20  # fp32 = 2x bf16
-        lines += ["", "Why a cache hit is not 50x faster: no chunk goes through the hypernetwork, but the new "
-                      f"collection still gets its own copy of every chunk adapter (fp32, {chunk_mib:.1f} MiB per "
-                      "chunk), decoded from the cache, checksummed and written with fsync; only re-adding to "
-                      "the same collection skips all of it."]
+        chunk_mib = ctx.hypernet.config.rank * adapter_bytes_per_rank(ctx) / 2**20
+        lines += ["", "Why a cache hit is not 50x faster: no chunk goes through the hypernetwork, but the document "
+                      "is still tokenized and chunked to find its keys, and the new collection gets its own "
+                      f"fsynced copy of every chunk file ({chunk_mib:.2f} MiB per chunk, copied from the cache "
+                      "byte for byte); only re-adding to the same collection skips all of it."]
     skip = results[worst][FIRST].median / results[worst][UNCHANGED].median
     targets = [Target.at_least("cache hit vs first ingest", "cache hit >= 50x faster than first ingest",
                                ratios[worst], 50,

@@ -271,6 +271,7 @@ class Section:
     figures: list[str] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    key: str = ""  # the benchmark's name in ``benchmarks.run.BENCHMARKS``, set by the runner
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:

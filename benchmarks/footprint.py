@@ -149,8 +149,9 @@ def run(ctx: Context, img: Path) -> Section:
         f"Adapter: {per_rank:,} bytes per rank in bf16 ((d_in {hc.module_d_in} + d_out {hc.module_d_out}) x "
         f"{len(hc.layers)} layers x 2 bytes), rank {hc.rank} per {hc.max_chunk_tokens}-token chunk; a real composed "
         f"adapter of {n_check} chunks (rank {applied_rank}) holds {adapter_real:,} bytes, the formula gives "
-        f"{adapter_formula:,} ({'match' if adapter_real == adapter_formula else 'MISMATCH'}). Stored chunk "
-        "adapters are fp32 on disk (twice these sizes); composing K > 1 chunks adds one rank-r bias correction. "
+        f"{adapter_formula:,} ({'match' if adapter_real == adapter_formula else 'MISMATCH'}). Chunk "
+        "adapters are stored in the base model's dtype (bf16 here): a chunk file holds these bytes plus the "
+        "chunk's text and a safetensors header. Composing K > 1 chunks adds one rank-r bias correction. "
         f"*Applied, max_rank={COMPRESSED_RANK}*: the composed adapter under a `MemoryConfig(max_rank="
         f"{COMPRESSED_RANK})` budget (SVD-compressed when the composed rank exceeds it).",
         "",

@@ -59,6 +59,23 @@ def test_minilm_embeddings_rank_related_text_first(benchmarks_on_path):
     assert query @ related > query @ unrelated + 0.2
 
 
+def test_only_keeps_the_other_sections_of_a_same_mode_report(benchmarks_on_path, tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks.common import BenchSettings, Section, Target
+    from benchmarks.run import previous_sections, write_report
+
+    ctx = SimpleNamespace(hypernet_label="a label", hypernet_trained=True)
+    sections = [Section("1. A", ["line a"], ["a.png"], [Target.at_least("t", "goal", 3.0, 2.0, "why")], {"x": 1}, "a"),
+                Section("2. B", ["line b"], [], [], {"y": 2}, "b")]
+    write_report(tmp_path, BenchSettings.for_mode("quick"), {"cpu": "test"}, ctx, sections, "cmd", 1.0)
+
+    kept = previous_sections(tmp_path, "quick", keep={"a"})
+    assert list(kept) == ["a"] and kept["a"] == sections[0]
+    assert previous_sections(tmp_path, "full", keep={"a"}) == {}  # another mode's numbers are never mixed in
+    assert previous_sections(tmp_path / "none", "quick", keep={"a"}) == {}
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_report_json_and_plots(benchmarks_on_path, tmp_path):
     from benchmarks import run
