@@ -45,11 +45,14 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -m "not slow"
 
+# Extra arguments for the benchmark runner, e.g. make bench BENCH_ARGS="--threads 1 --only cache"
+BENCH_ARGS ?=
+
 bench: setup
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 bench-quick: setup
-	$(BIN)/python -m benchmarks.run --quick
+	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
