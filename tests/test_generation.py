@@ -9,6 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from lora_memory.adapter import LoRAAdapter, LoRAWeights
+from lora_memory.apply import model_lock
 from lora_memory.errors import IncompatibleAdapterError
 from lora_memory.generation import GenerationConfig, encode_chat, generate, stream
 
@@ -93,6 +94,23 @@ def test_stream_with_adapter_joins_to_generate_text(tiny_llama, make_lora):
     pieces = list(stream(tiny_llama.model, tiny_llama.tokenizer, PROMPT, adapter=adapter, config=GREEDY))
     assert "".join(pieces) == generate(tiny_llama.model, tiny_llama.tokenizer, PROMPT, adapter=adapter,
                                        config=GREEDY).text
+
+
+def test_closing_a_stream_early_stops_generation_and_frees_the_model(tiny_llama):
+    steps = []
+    handle = tiny_llama.model.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        pieces = stream(tiny_llama.model, tiny_llama.tokenizer, PROMPT,
+                        config=GenerationConfig(max_new_tokens=400, stop=[]))
+        next(pieces)
+        pieces.close()  # the consumer walks away after one piece
+        stopped_at = len(steps)
+    finally:
+        handle.remove()
+    assert stopped_at < 100  # not the 400 tokens it was allowed
+    lock = model_lock(tiny_llama.model)
+    assert lock.acquire(blocking=False)  # the worker is done and released the model
+    lock.release()
 
 
 def test_errors_in_the_stream_worker_propagate(tiny_llama):

@@ -8,11 +8,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pydantic import BaseModel as PydanticModel
 from pydantic import Field
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
+from transformers import (PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList,
+                          TextIteratorStreamer)
 
 from .adapter import LoRAAdapter
 from .apply import apply_adapter
@@ -93,17 +95,21 @@ def stream(
     """Yield the answer's text piece by piece as it is generated.
 
     Generation runs in a worker thread that holds the model's adapter lock for its
-    whole duration; the pieces join to the same text :func:`generate` returns.
+    whole duration; the pieces join to the same text :func:`generate` returns. When
+    the consumer stops early (a stop string, ``break``, or closing the iterator),
+    the worker stops at its next token and releases the lock before this returns.
     """
     config = config or GenerationConfig()
     ids = encode_chat(tokenizer, messages).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    cancelled = threading.Event()
     errors: list[BaseException] = []
 
     def work() -> None:
         try:
             with apply_adapter(model, adapter), torch.inference_mode():
                 model.generate(ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                               stopping_criteria=StoppingCriteriaList([_StopWhenSet(cancelled)]),
                                **_generate_kwargs(tokenizer, config))
         except BaseException as exc:  # surfaced in the consumer thread below
             errors.append(exc)
@@ -113,19 +119,32 @@ def stream(
     thread.start()
     buffer, emitted = "", 0
     hold = max((len(s) - 1 for s in config.stop), default=0)  # a tail that may begin a stop string
-    for piece in streamer:
-        buffer += piece
-        cut = _cut_at_stop(buffer, config.stop)
-        if len(cut) < len(buffer):  # a stop string appeared: emit what precedes it and finish
-            if len(cut) > emitted:
-                yield cut[emitted:]
-            break
-        if len(buffer) - hold > emitted:
-            yield buffer[emitted: len(buffer) - hold]
-            emitted = len(buffer) - hold
-    else:
-        if len(buffer) > emitted:
-            yield buffer[emitted:]
-    thread.join()
+    try:
+        for piece in streamer:
+            buffer += piece
+            cut = _cut_at_stop(buffer, config.stop)
+            if len(cut) < len(buffer):  # a stop string appeared: emit what precedes it and finish
+                if len(cut) > emitted:
+                    yield cut[emitted:]
+                break
+            if len(buffer) - hold > emitted:
+                yield buffer[emitted: len(buffer) - hold]
+                emitted = len(buffer) - hold
+        else:
+            if len(buffer) > emitted:
+                yield buffer[emitted:]
+    finally:  # also runs when the consumer closes the iterator early (GeneratorExit)
+        cancelled.set()
+        thread.join()
     if errors:
         raise errors[0]
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Ends generation once ``event`` is set (the stream's consumer has gone)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
