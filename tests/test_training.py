@@ -13,7 +13,8 @@ from lora_memory.training.batching import chunk_examples, compose_rows, qa_batch
 from lora_memory.training.baseline import distill_document
 from lora_memory.training.config import Stage, TaskSpec, TrainConfig
 from lora_memory.training.data import facts_example, make_example, needle_example
-from lora_memory.training.evaluate import EvalConfig, contains, evaluate_hypernet, exact_match
+from lora_memory.training.evaluate import (EvalConfig, contains, density_markdown, evaluate_density, evaluate_hypernet,
+                                          exact_match)
 from lora_memory.training.objectives import answer_loss
 from lora_memory.training.trainer import Trainer, sample_examples
 
@@ -136,6 +137,19 @@ def test_evaluate_quick(tiny_llama):
     assert 0.0 <= report.facts["in-context"]["exact"] <= 1.0
     assert "adapter_cosine" in report.diagnostics
     assert "| 100 |" in report.to_markdown()
+
+
+def test_evaluate_density_cuts_dense_documents_at_each_length(tiny_llama):
+    torch.manual_seed(0)
+    hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
+    results = evaluate_density(hypernet, tiny_llama, [16, 64], documents=1, sheets=3, max_new_tokens=2,
+                               progress=False)
+    assert set(results) == {16, 64}
+    assert results[16]["chunks_per_doc"] > results[64]["chunks_per_doc"] >= 1
+    assert results[16]["facts_per_chunk"] < results[64]["facts_per_chunk"]
+    assert all(r["n"] == 3 and 0 <= r["routing"] <= 1 for r in results.values())
+    table = density_markdown(results, rank=4, sheets=3, trained_tokens=32)
+    assert "| 64 (beyond training) |" in table and "| 16 |" in table
 
 
 def test_scoring():

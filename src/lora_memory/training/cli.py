@@ -35,6 +35,9 @@ def run_train(args: argparse.Namespace) -> int:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capacity", action="store_true",
                         help="Also check that a free LoRA on the same targets stores a document (ladder rung 1).")
+    parser.add_argument("--density", action="store_true",
+                        help="Run the chunk-density evaluation (dense documents at several chunk lengths) instead "
+                             "of the needle and facts ladder.")
     parser.add_argument("--quick", action="store_true", help="Fewer, shorter documents (a smoke run).")
     parser.add_argument("--output", type=Path, default=None, help="Also write the markdown table here.")
 
@@ -42,15 +45,21 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     """Held-out evaluation of a hypernetwork (--hypernet, default the shipped one): needle, facts, collapse."""
     from ..hypernet import default_hypernet_dir
-    from .evaluate import EvalConfig, evaluate_capacity, evaluate_hypernet
+    from .evaluate import EvalConfig, density_markdown, evaluate_capacity, evaluate_density, evaluate_hypernet
 
     base = load_base_model(args.base_model, dtype=args.dtype, device=args.device)
     path = args.hypernet or default_hypernet_dir()
     hypernet = DocToLoRA.from_pretrained(path, base=base, device=base.device)
-    config = EvalConfig(needle_lengths=[256, 1024], needle_depths=[0.5], needle_per_cell=2,
-                        facts_documents=4) if args.quick else EvalConfig()
-    report = evaluate_hypernet(hypernet, base, config)
-    table = report.to_markdown()
+    if args.density:
+        top = hypernet.config.max_chunk_tokens
+        lengths = [top // 4, top] if args.quick else [top // 4, top // 2, top, 2 * top]
+        sheets = 3 if args.quick else 12
+        results = evaluate_density(hypernet, base, lengths, documents=1 if args.quick else 8, sheets=sheets)
+        table = density_markdown(results, hypernet.config.rank, sheets, top)
+    else:
+        config = EvalConfig(needle_lengths=[256, 1024], needle_depths=[0.5], needle_per_cell=2,
+                            facts_documents=4) if args.quick else EvalConfig()
+        table = evaluate_hypernet(hypernet, base, config).to_markdown()
     if args.capacity:
         cap = evaluate_capacity(base, hypernet.config, documents=2 if args.quick else 6)
         table += (f"\n\n### Capacity (free rank-{hypernet.config.rank} LoRA, {cap['steps']:.0f} Adam steps per "

@@ -6,7 +6,10 @@ All answers come from greedy generation, never teacher forcing:
   past the base model's context window) and depths: internalized answers;
 - fictional-fact QA: internalized vs in-context (document in the prompt) vs
   closed-book (neither);
-- the collapse diagnostics: cosine and spread between different documents' adapters.
+- the collapse diagnostics: cosine and spread between different documents' adapters;
+- chunk density (``--density``): dense documents (many fact sheets back to back)
+  cut at several chunk lengths, answered with the routed chunk's adapter, to show
+  how many facts one rank-r chunk adapter holds.
 
 Scoring: ``exact`` is a normalised string match (case, surrounding spaces and
 punctuation ignored); ``contains`` accepts an answer embedded in a sentence, which
@@ -165,6 +168,64 @@ def evaluate_capacity(base: BaseModel, config: HypernetConfig, documents: int = 
         seconds.append(result.seconds_per_step)
         pairs += _generate_answers(base, ex, result.adapter, 24)
     return {**_score(pairs), "seconds_per_step": sum(seconds) / len(seconds), "steps": float(steps)}
+
+
+@torch.no_grad()
+def evaluate_density(hypernet: DocToLoRA, base: BaseModel, chunk_lengths: list[int], documents: int = 8,
+                     sheets: int = 12, seed: int = 99, max_new_tokens: int = 24, progress: bool = True
+                     ) -> dict[int, dict[str, float]]:
+    """Accuracy on dense documents by chunk length: how much one chunk adapter holds.
+
+    Each document is ``sheets`` held-out fact sheets back to back (3-5 facts each);
+    one question per sheet. Per chunk length: ``routed`` answers with the chunk BM25
+    ranks first (as ``LoRAMemory`` does), ``oracle`` with the chunk whose text holds
+    the answer (capacity alone, routing errors removed), ``routing`` is how often the
+    two chunks agree. ``in_context_contains`` is the base model with the whole
+    document in the prompt, for reference.
+    """
+    rng = random.Random(seed)
+    docs, facts = [], 0
+    for _ in range(documents):
+        parts = [facts_example(rng, "heldout") for _ in range(sheets)]  # one QA per fact of the sheet
+        docs.append(("\n\n".join(p.document for p in parts), [rng.choice(p.qa) for p in parts]))
+        facts += sum(len(p.qa) for p in parts)
+    out: dict[int, dict[str, float]] = {}
+    for length in tqdm(chunk_lengths, desc="density", disable=not progress):
+        routed, oracle, agree, n_chunks = [], [], 0, 0
+        for text, questions in docs:
+            chunks = chunk_text(base.tokenizer, text, length)
+            adapters = hypernet.adapters_for_chunks(base, chunks)
+            index = BM25Index([c.text for c in chunks])
+            n_chunks += len(chunks)
+            for qa in questions:
+                best = index.top_k(qa.question, 1)[0][0]
+                holder = next((i for i, c in enumerate(chunks) if normalize(qa.answer) in c.text.casefold()), best)
+                agree += best == holder
+                routed.append((_answer(base, qa.question, adapters[best], max_new_tokens), qa.answer))
+                oracle.append((_answer(base, qa.question, adapters[holder], max_new_tokens), qa.answer))
+        n = len(routed)
+        out[length] = {"routed": _score(routed)["exact"], "oracle": _score(oracle)["exact"], "routing": agree / n,
+                       "chunks_per_doc": n_chunks / documents, "facts_per_chunk": facts / n_chunks,
+                       "n": float(n)}
+    in_context = [(_answer(base, in_context_prompt(text, qa.question), None, max_new_tokens), qa.answer)
+                  for text, questions in docs for qa in questions]
+    for metrics in out.values():
+        metrics["in_context_contains"] = _score(in_context)["contains"]
+    return out
+
+
+def density_markdown(results: dict[int, dict[str, float]], rank: int, sheets: int, trained_tokens: int) -> str:
+    """The table of :func:`evaluate_density`; lengths above ``trained_tokens`` are marked."""
+    lines = [f"### Chunk density (dense documents: {sheets} fact sheets back to back, rank-{rank} chunk adapters)",
+             "", "| chunk tokens | chunks per document | facts per chunk | routed chunk: exact | answer's chunk: exact"
+             " | routing agrees | questions |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for length, m in sorted(results.items()):
+        mark = " (beyond training)" if length > trained_tokens else ""
+        lines.append(f"| {length}{mark} | {m['chunks_per_doc']:.1f} | {m['facts_per_chunk']:.1f} | {m['routed']:.2f} | "
+                     f"{m['oracle']:.2f} | {m['routing']:.2f} | {m['n']:.0f} |")
+    ref = next(iter(results.values()))["in_context_contains"]
+    lines += ["", f"In context (the whole document in the prompt), contains: {ref:.2f}."]
+    return "\n".join(lines)
 
 
 def evaluate_hypernet(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig | None = None,
