@@ -8,6 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from lora_memory import LoRAMemory, MemoryConfig
 from lora_memory.cli import COMMANDS, EXIT_ERROR, EXIT_INTERRUPTED, main
@@ -107,6 +108,17 @@ def test_global_options_after_the_subcommand(model_args, tmp_path, monkeypatch, 
     assert main(["ingest", str(notes), "-c", "late", *model_args, "--home", str(tmp_path / "home")]) == 0
     assert capsys.readouterr().out == "zebra.md\n"
     assert (tmp_path / "home" / "collections" / "late" / "manifest.json").is_file()
+
+
+def test_threads_option_sets_torch_threads(cli, notes):
+    before = torch.get_num_threads()
+    try:
+        assert cli("--threads", "1", "ingest", str(notes), "-c", "notes")[0] == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    code, _, err = cli("--threads", "0", "list")
+    assert code == EXIT_ERROR and "--threads must be at least 1" in err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -210,6 +210,8 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     parser.add_argument("--dtype", default=default("auto"), choices=["auto", "bf16", "fp16", "fp32"],
                         help="base-model dtype (default: auto = bf16)")
     parser.add_argument("--device", default=default("auto"), help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument("--threads", type=int, default=default(None),
+                        help="torch CPU threads (default: torch's, one per core); 1 when sharing the machine")
     parser.add_argument("-v", "--verbose", action="store_true", default=default(False), help="log progress details")
 
 
@@ -242,6 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if args.home:
         os.environ[HOME_ENV] = str(Path(args.home).expanduser())
+    if args.threads is not None:
+        if args.threads < 1:
+            print("lora-memory: error: --threads must be at least 1", file=sys.stderr)
+            return EXIT_ERROR
+        import torch  # only here: most commands import it later, through the library
+
+        torch.set_num_threads(args.threads)
     try:
         return args.handler(args)
     except KeyboardInterrupt:
