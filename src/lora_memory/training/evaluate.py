@@ -217,7 +217,11 @@ def evaluate_density(hypernet: DocToLoRA, base: BaseModel, chunk_lengths: list[i
 def density_markdown(results: dict[int, dict[str, float]], rank: int, sheets: int, trained_tokens: int) -> str:
     """The table of :func:`evaluate_density`; lengths above ``trained_tokens`` are marked."""
     lines = [f"### Chunk density (dense documents: {sheets} fact sheets back to back, rank-{rank} chunk adapters)",
-             "", "| chunk tokens | chunks per document | facts per chunk | routed chunk: exact | answer's chunk: exact"
+             "", f"Each document is {sheets} held-out fact sheets back to back (3-5 facts each), cut into chunks of "
+             f"the given length; every chunk gets its own rank-{rank} adapter; one question per sheet. *Routed "
+             "chunk*: the chunk BM25 ranks first answers, as `LoRAMemory` does by default. *Answer's chunk*: the "
+             "chunk whose text holds the answer answers (routing errors removed: capacity alone).", "",
+             "| chunk tokens | chunks per document | facts per chunk | routed chunk: exact | answer's chunk: exact"
              " | routing agrees | questions |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for length, m in sorted(results.items()):
         mark = " (beyond training)" if length > trained_tokens else ""
