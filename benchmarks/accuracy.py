@@ -6,6 +6,10 @@ comparable with ``lora-memory eval``: needle-in-a-haystack documents
 fictional-fact documents (:func:`~lora_memory.training.data.facts_example`,
 split ``heldout``), scored with :func:`lora_memory.training.evaluate.exact_match`
 and :func:`~lora_memory.training.evaluate.contains`. Greedy answers only.
+
+Internalized answers come two ways: with the adapter of the chunk BM25 ranks
+first for the question (what ``LoRAMemory`` does by default, ``top_k=1``) and
+with every chunk's adapter concatenated (the reference's composition).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from lora_memory.chunking import chunk_text
 from lora_memory.generation import GenerationConfig, generate
+from lora_memory.routing import BM25Index
 from lora_memory.training.data import Example, facts_example, needle_example
 from lora_memory.training.evaluate import contains, exact_match
 from lora_memory.training.teacher import in_context_prompt
@@ -21,17 +27,22 @@ from lora_memory.training.teacher import in_context_prompt
 from .common import Context, Section, md_table
 from .plots import grouped_bars
 
-VARIANTS = ("internalized", "in-context", "RAG", "closed-book")
+ROUTED, ALL_CHUNKS = "internalized (routed chunk)", "internalized (all chunks)"
+VARIANTS = (ROUTED, ALL_CHUNKS, "in-context", "RAG", "closed-book")
 
 
 def _answers(ctx: Context, example: Example, config: GenerationConfig) -> dict[str, list[tuple[str, str]]]:
     """(prediction, truth) per variant for every question of one document."""
-    base = ctx.base
-    adapter = ctx.hypernet.internalize(base, example.document).to(dtype=base.dtype)
+    base, hypernet = ctx.base, ctx.hypernet
+    chunks = chunk_text(base.tokenizer, example.document, hypernet.config.max_chunk_tokens)
+    parts = [p.to(dtype=base.dtype) for p in hypernet.adapters_for_chunks(base, chunks)]
+    composed = hypernet.compose(parts).to(dtype=base.dtype)
+    router = BM25Index([c.text for c in chunks])
     index = ctx.rag.index(example.document)
     out: dict[str, list[tuple[str, str]]] = {v: [] for v in VARIANTS}
     for qa in example.qa:
-        prompts = {"internalized": (qa.question, adapter),
+        routed = parts[router.top_k(qa.question, 1)[0][0]]
+        prompts = {ROUTED: (qa.question, routed), ALL_CHUNKS: (qa.question, composed),
                    "in-context": (in_context_prompt(example.document, qa.question), None),
                    "RAG": (ctx.rag.prompt(index, qa.question), None),
                    "closed-book": (qa.question, None)}
@@ -82,7 +93,9 @@ def run(ctx: Context, img: Path) -> Section:
         f"Needle documents: {len(s.needle_depths)} per length (needle depths {s.needle_depths}), held-out filler "
         f"and phrasing. Fictional facts: {s.facts_documents} held-out documents"
         + (f", {s.facts_questions} question(s) each" if s.facts_questions else ", every question")
-        + f". RAG: top {s.rag_top_k} chunks. *exact*: normalised string match; *contains*: the answer appears in "
+        + ". *Routed chunk*: the adapter of the chunk BM25 ranks first for the question (the memory's default); "
+          "*all chunks*: every chunk's adapter concatenated (the same adapter when the document is one chunk). "
+          f"RAG: top {s.rag_top_k} chunks. *exact*: normalised string match; *contains*: the answer appears in "
           "the reply (fairer to full-sentence replies).",
         "",
         "First fictional-fact answer of each variant:",

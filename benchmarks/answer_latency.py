@@ -3,7 +3,10 @@
 Same question, same greedy decoding with a fixed ``max_new_tokens``, through
 :func:`lora_memory.generation.generate` for every variant:
 
-- **internalized**: the document's composed adapter applied, the question alone in the prompt;
+- **internalized**: the document's composed adapter applied (every chunk's adapter
+  concatenated: the largest adapter a document gets; the memory's default applies
+  only the routed chunk's, so its answers are at most this slow), the question
+  alone in the prompt;
 - **in-context**: the whole document in the prompt (past the model's 8,192-token
   window the model still runs, out of its trained range: marked);
 - **RAG**: retrieval of the top-k chunks (query embedding + vector search) plus
@@ -72,6 +75,9 @@ def run(ctx: Context, img: Path) -> Section:
     lines = [
         *md_table(["tokens", *variants, "in-context / internalized"], rows),
         "",
+        "Internalized: every chunk's adapter concatenated (rank grows with the document), the slowest adapter "
+        "the memory can apply; its default, the routed chunk's adapter alone, is rank "
+        f"{ctx.hypernet.config.rank}. "
         f"Cells: median (min-max) seconds per answer, then prompt tokens + most generated tokens. Greedy decoding, "
         f"`max_new_tokens={s.max_new_tokens}`; an answer may stop earlier at end-of-sequence, so the generated "
         f"counts are shown. RAG puts the top {s.rag_top_k} of the document's {ctx.rag.chunk_tokens}-token chunks "
