@@ -106,7 +106,8 @@ def render(settings: BenchSettings, machine: dict, ctx: Context, sections: list[
     for sec in sections:
         lines += [f"## {sec.title}", "", *sec.lines, ""]
     lines += ["## Reproduce", "", "```", "make bench         # python -m benchmarks.run",
-              "make bench-quick   # python -m benchmarks.run --quick", "```", ""]
+              "make bench-quick   # python -m benchmarks.run --quick",
+              'make bench BENCH_ARGS="--only cache"   # re-measure one section, keep the others', "```", ""]
     return "\n".join(lines)
 
 
