@@ -17,11 +17,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from lora_memory.chunking import chunk_text
 from lora_memory.generation import GenerationConfig, generate
-from lora_memory.routing import BM25Index
 from lora_memory.training.data import Example, facts_example, needle_example
-from lora_memory.training.evaluate import contains, exact_match
+from lora_memory.training.evaluate import ChunkedDocument, contains, exact_match
 from lora_memory.training.teacher import in_context_prompt
 
 from .common import Context, Section, md_table
@@ -33,16 +31,14 @@ VARIANTS = (ROUTED, ALL_CHUNKS, "in-context", "RAG", "closed-book")
 
 def _answers(ctx: Context, example: Example, config: GenerationConfig) -> dict[str, list[tuple[str, str]]]:
     """(prediction, truth) per variant for every question of one document."""
-    base, hypernet = ctx.base, ctx.hypernet
-    chunks = chunk_text(base.tokenizer, example.document, hypernet.config.max_chunk_tokens)
-    parts = [p.to(dtype=base.dtype) for p in hypernet.adapters_for_chunks(base, chunks)]
-    composed = hypernet.compose(parts).to(dtype=base.dtype)
-    router = BM25Index([c.text for c in chunks])
+    base = ctx.base
+    doc = ChunkedDocument.encode(ctx.hypernet, base, example.document)
+    parts = [p.to(dtype=base.dtype) for p in doc.adapters]  # as the memory applies them
+    composed = ctx.hypernet.compose(doc.adapters).to(dtype=base.dtype)
     index = ctx.rag.index(example.document)
     out: dict[str, list[tuple[str, str]]] = {v: [] for v in VARIANTS}
     for qa in example.qa:
-        routed = parts[router.top_k(qa.question, 1)[0][0]]
-        prompts = {ROUTED: (qa.question, routed), ALL_CHUNKS: (qa.question, composed),
+        prompts = {ROUTED: (qa.question, parts[doc.routed(qa.question)]), ALL_CHUNKS: (qa.question, composed),
                    "in-context": (in_context_prompt(example.document, qa.question), None),
                    "RAG": (ctx.rag.prompt(index, qa.question), None),
                    "closed-book": (qa.question, None)}

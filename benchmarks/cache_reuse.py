@@ -85,9 +85,9 @@ def run(ctx: Context, img: Path) -> Section:
         "",
         "Each run: a fresh temporary `LORA_MEMORY_HOME`, then `add` into collection A (first ingest), the same "
         "document into a new collection B sharing the adapter cache (cache hit: chunk files read from the "
-        "cache, checksum verified and written into B's directory byte for byte), and into A again (unchanged: skipped by checksum). The order is "
-        "fixed by what is measured, so these three are not alternated; an untimed warm-up run precedes the first "
-        "length.",
+        "cache, checksum verified and written into B's directory byte for byte), and into A again (unchanged: "
+        "skipped by checksum). The order is fixed by what is measured, so these three are not alternated; an "
+        "untimed warm-up run precedes the first length.",
         "",
         f"![cache reuse](img/{figure.name})",
     ]

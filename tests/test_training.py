@@ -142,13 +142,14 @@ def test_evaluate_quick(tiny_llama):
 def test_evaluate_density_cuts_dense_documents_at_each_length(tiny_llama):
     torch.manual_seed(0)
     hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
-    results = evaluate_density(hypernet, tiny_llama, [16, 64], documents=1, sheets=3, max_new_tokens=2,
-                               progress=False)
+    results, in_context = evaluate_density(hypernet, tiny_llama, [16, 64], documents=1, sheets=3,
+                                           max_new_tokens=2, progress=False)
     assert set(results) == {16, 64}
     assert results[16]["chunks_per_doc"] > results[64]["chunks_per_doc"] >= 1
     assert results[16]["facts_per_chunk"] < results[64]["facts_per_chunk"]
     assert all(r["n"] == 3 and 0 <= r["routing"] <= 1 for r in results.values())
-    table = density_markdown(results, rank=4, sheets=3, trained_tokens=32)
+    assert 0 <= in_context <= 1
+    table = density_markdown(results, in_context, rank=4, sheets=3, trained_tokens=32)
     assert "| 64 (beyond training) |" in table and "| 16 |" in table
 
 

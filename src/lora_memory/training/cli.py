@@ -54,8 +54,9 @@ def run_eval(args: argparse.Namespace) -> int:
         top = hypernet.config.max_chunk_tokens
         lengths = [top // 4, top] if args.quick else [top // 4, top // 2, top, 2 * top]
         sheets = 3 if args.quick else 12
-        results = evaluate_density(hypernet, base, lengths, documents=1 if args.quick else 8, sheets=sheets)
-        table = density_markdown(results, hypernet.config.rank, sheets, top)
+        results, in_context = evaluate_density(hypernet, base, lengths, documents=1 if args.quick else 8,
+                                               sheets=sheets)
+        table = density_markdown(results, in_context, hypernet.config.rank, sheets, top)
     else:
         config = EvalConfig(needle_lengths=[256, 1024], needle_depths=[0.5], needle_per_cell=2,
                             facts_documents=4) if args.quick else EvalConfig()

@@ -28,9 +28,10 @@ from pydantic import BaseModel as PydanticModel
 from pydantic import Field
 from tqdm.auto import tqdm
 
+from ..adapter import LoRAAdapter
 from ..base import BaseModel
+from ..chunking import Chunk, chunk_text
 from ..generation import GenerationConfig, generate
-from ..chunking import chunk_text
 from ..hypernet import DocToLoRA, HypernetConfig
 from ..routing import BM25Index
 from .baseline import distill_document
@@ -100,6 +101,27 @@ def _score(pairs: list[tuple[str, str]]) -> dict[str, float]:
             "contains": sum(contains(p, a) for p, a in pairs) / n, "n": float(n)}
 
 
+@dataclass
+class ChunkedDocument:
+    """A document cut into chunks, each chunk's adapter, and the BM25 index that routes questions among them."""
+
+    chunks: list[Chunk]
+    adapters: list[LoRAAdapter]
+    index: BM25Index
+
+    @classmethod
+    @torch.no_grad()
+    def encode(cls, hypernet: DocToLoRA, base: BaseModel, text: str, chunk_tokens: int | None = None
+               ) -> ChunkedDocument:
+        """Chunk ``text`` (default: the hypernetwork's ``max_chunk_tokens``) and encode every chunk."""
+        chunks = chunk_text(base.tokenizer, text, chunk_tokens or hypernet.config.max_chunk_tokens)
+        return cls(chunks, hypernet.adapters_for_chunks(base, chunks), BM25Index([c.text for c in chunks]))
+
+    def routed(self, question: str) -> int:
+        """Index of the chunk BM25 ranks first for ``question``, as ``LoRAMemory`` routes (``top_k=1``)."""
+        return self.index.top_k(question, 1)[0][0]
+
+
 @torch.no_grad()
 def evaluate_needle(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, progress: bool = True
                     ) -> dict[int, dict[str, float]]:
@@ -118,14 +140,13 @@ def evaluate_needle(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, pr
         for _ in range(config.needle_per_cell):
             ex = needle_example(rng, "heldout", length, length, kinds=("number",), depth=depth)
             qa = ex.qa[0]
-            chunks = chunk_text(base.tokenizer, ex.document, hypernet.config.max_chunk_tokens)
-            parts = hypernet.adapters_for_chunks(base, chunks)
-            n_chunks[length] = float(len(chunks))
-            best = BM25Index([c.text for c in chunks]).top_k(qa.question, 1)[0][0]
+            doc = ChunkedDocument.encode(hypernet, base, ex.document)
+            n_chunks[length] = float(len(doc.chunks))
             composed.setdefault(length, []).append(
-                (_answer(base, qa.question, hypernet.compose(parts), config.max_new_tokens), qa.answer))
+                (_answer(base, qa.question, hypernet.compose(doc.adapters), config.max_new_tokens), qa.answer))
             routed.setdefault(length, []).append(
-                (_answer(base, qa.question, parts[best], config.max_new_tokens), qa.answer))
+                (_answer(base, qa.question, doc.adapters[doc.routed(qa.question)], config.max_new_tokens),
+                 qa.answer))
     return {n: {**_score(composed[n]), "routed": _score(routed[n])["exact"], "chunks": n_chunks[n]}
             for n in composed}
 
@@ -173,14 +194,14 @@ def evaluate_capacity(base: BaseModel, config: HypernetConfig, documents: int = 
 @torch.no_grad()
 def evaluate_density(hypernet: DocToLoRA, base: BaseModel, chunk_lengths: list[int], documents: int = 8,
                      sheets: int = 12, seed: int = 99, max_new_tokens: int = 24, progress: bool = True
-                     ) -> dict[int, dict[str, float]]:
+                     ) -> tuple[dict[int, dict[str, float]], float]:
     """Accuracy on dense documents by chunk length: how much one chunk adapter holds.
 
     Each document is ``sheets`` held-out fact sheets back to back (3-5 facts each);
     one question per sheet. Per chunk length: ``routed`` answers with the chunk BM25
     ranks first (as ``LoRAMemory`` does), ``oracle`` with the chunk whose text holds
     the answer (capacity alone, routing errors removed), ``routing`` is how often the
-    two chunks agree. ``in_context_contains`` is the base model with the whole
+    two chunks agree. Also returns the base model's ``contains`` score with the whole
     document in the prompt, for reference.
     """
     rng = random.Random(seed)
@@ -193,28 +214,26 @@ def evaluate_density(hypernet: DocToLoRA, base: BaseModel, chunk_lengths: list[i
     for length in tqdm(chunk_lengths, desc="density", disable=not progress):
         routed, oracle, agree, n_chunks = [], [], 0, 0
         for text, questions in docs:
-            chunks = chunk_text(base.tokenizer, text, length)
-            adapters = hypernet.adapters_for_chunks(base, chunks)
-            index = BM25Index([c.text for c in chunks])
-            n_chunks += len(chunks)
+            doc = ChunkedDocument.encode(hypernet, base, text, length)
+            n_chunks += len(doc.chunks)
             for qa in questions:
-                best = index.top_k(qa.question, 1)[0][0]
-                holder = next((i for i, c in enumerate(chunks) if normalize(qa.answer) in c.text.casefold()), best)
+                best = doc.routed(qa.question)
+                holder = next((i for i, c in enumerate(doc.chunks) if normalize(qa.answer) in c.text.casefold()),
+                              best)
                 agree += best == holder
-                routed.append((_answer(base, qa.question, adapters[best], max_new_tokens), qa.answer))
-                oracle.append((_answer(base, qa.question, adapters[holder], max_new_tokens), qa.answer))
+                routed.append((_answer(base, qa.question, doc.adapters[best], max_new_tokens), qa.answer))
+                oracle.append((_answer(base, qa.question, doc.adapters[holder], max_new_tokens), qa.answer))
         n = len(routed)
         out[length] = {"routed": _score(routed)["exact"], "oracle": _score(oracle)["exact"], "routing": agree / n,
                        "chunks_per_doc": n_chunks / documents, "facts_per_chunk": facts / n_chunks,
                        "n": float(n)}
     in_context = [(_answer(base, in_context_prompt(text, qa.question), None, max_new_tokens), qa.answer)
                   for text, questions in docs for qa in questions]
-    for metrics in out.values():
-        metrics["in_context_contains"] = _score(in_context)["contains"]
-    return out
+    return out, _score(in_context)["contains"]
 
 
-def density_markdown(results: dict[int, dict[str, float]], rank: int, sheets: int, trained_tokens: int) -> str:
+def density_markdown(results: dict[int, dict[str, float]], in_context_contains: float, rank: int, sheets: int,
+                     trained_tokens: int) -> str:
     """The table of :func:`evaluate_density`; lengths above ``trained_tokens`` are marked."""
     lines = [f"### Chunk density (dense documents: {sheets} fact sheets back to back, rank-{rank} chunk adapters)",
              "", f"Each document is {sheets} held-out fact sheets back to back (3-5 facts each), cut into chunks of "
@@ -227,8 +246,7 @@ def density_markdown(results: dict[int, dict[str, float]], rank: int, sheets: in
         mark = " (beyond training)" if length > trained_tokens else ""
         lines.append(f"| {length}{mark} | {m['chunks_per_doc']:.1f} | {m['facts_per_chunk']:.1f} | {m['routed']:.2f} | "
                      f"{m['oracle']:.2f} | {m['routing']:.2f} | {m['n']:.0f} |")
-    ref = next(iter(results.values()))["in_context_contains"]
-    lines += ["", f"In context (the whole document in the prompt), contains: {ref:.2f}."]
+    lines += ["", f"In context (the whole document in the prompt), contains: {in_context_contains:.2f}."]
     return "\n".join(lines)
 
 
