@@ -15,10 +15,15 @@ from .data import Example
 
 def chunk_examples(tokenizer: PreTrainedTokenizerBase, examples: list[Example], max_tokens: int
                    ) -> tuple[list[list[int]], list[list[int]]]:
-    """Every example's chunks as token ids, and for each example the indices of its chunks."""
+    """Every example's chunks as token ids, and for each example the indices of its chunks.
+
+    An example whose ``info["parts"]`` lists separate texts (an article and its distractors) gets
+    each part chunked on its own, as the memory chunks separate documents.
+    """
     token_ids, groups = [], []
     for ex in examples:
-        chunks = chunk_text(tokenizer, ex.document, max_tokens)
+        parts = ex.info.get("parts") or [ex.document]
+        chunks = [c for part in parts for c in chunk_text(tokenizer, part, max_tokens)]
         groups.append(list(range(len(token_ids), len(token_ids) + len(chunks))))
         token_ids.extend(c.token_ids for c in chunks)
     return token_ids, groups
@@ -89,12 +94,15 @@ def answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
     return tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
 
 
-def qa_batch(tokenizer: PreTrainedTokenizerBase, examples: list[Example], questions_per_example: int | None = None
-             ) -> StudentBatch:
-    """One student row per (example, question) with the true answer as the target."""
+def qa_batch(tokenizer: PreTrainedTokenizerBase, examples: list[Example], questions_per_example: int | None = None,
+             keep: bool = False) -> StudentBatch:
+    """One student row per (example, question) with the true answer as the target.
+
+    With ``keep`` the rows are the examples' ``info["keep"]`` questions (about other documents) instead.
+    """
     prompts, answers, owner = [], [], []
     for i, ex in enumerate(examples):
-        for qa in ex.qa[:questions_per_example]:
+        for qa in (ex.info.get("keep", []) if keep else ex.qa[:questions_per_example]):
             prompts.append(qa.question)
             answers.append(answer_ids(tokenizer, qa.answer))
             owner.append(i)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, model_validator
 class TaskSpec(BaseModel):
     """One data family in a stage's mix, with its generator parameters (see ``training.data``)."""
 
-    kind: Literal["needle", "facts"]
+    kind: Literal["needle", "facts", "prose"]
     weight: float = Field(1.0, gt=0, description="Relative sampling weight within the stage.")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the generator.")
 
@@ -46,6 +46,10 @@ class TrainConfig(BaseModel):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
     l1_weight: float = Field(0.0, ge=0, description="L1 penalty on generated A and B (D2L uses 0.1).")
+    keep_weight: float = Field(
+        0.0, ge=0, description="Weight of the do-no-harm term: on questions the document does not answer, "
+                               "KL from the bare model's distribution to the student's (prose examples' keep rows)."
+    )
     seed: int = 0
     out_dir: str = Field("runs/d2l", description="Checkpoints, logs and the final hypernetwork.")
     checkpoint_every: int = Field(50, ge=1)

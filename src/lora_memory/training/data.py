@@ -218,9 +218,13 @@ def facts_example(rng: random.Random, split: Split, n_facts: tuple[int, int] = (
 
 
 def make_example(rng: random.Random, kind: str, split: Split, **params) -> Example:
-    """Dispatch by family name: ``needle`` or ``facts``."""
+    """Dispatch by family name: ``needle``, ``facts`` or ``prose`` (real text, see ``training.prose``)."""
     if kind == "needle":
         return needle_example(rng, split, **params)
     if kind == "facts":
         return facts_example(rng, split, **params)
-    raise ValueError(f"unknown task kind {kind!r}; expected 'needle' or 'facts'")
+    if kind == "prose":
+        from .prose import prose_example  # the corpus is an optional install
+
+        return prose_example(rng, split, **params)
+    raise ValueError(f"unknown task kind {kind!r}; expected 'needle', 'facts' or 'prose'")

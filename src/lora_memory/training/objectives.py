@@ -5,6 +5,8 @@
   the true answers are known, so the student can be trained on them directly.
 - :func:`distill_loss`: context distillation: match the in-context teacher's
   top-k distribution on the teacher's own response tokens (D2L's objective).
+- :func:`keep_loss`: do no harm: on questions the document does not answer, the
+  KL divergence from the bare model's distribution to the student's.
 - :func:`l1_penalty`: the L1 penalty on generated A and B.
 
 Only positions with a target are projected to the vocabulary, which saves most
@@ -82,6 +84,20 @@ def distill_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapt
     n = batch.input_ids.shape[0]
     loss = _row_mean(-(p_teacher * logp_student).sum(-1), rows, n)
     return LossOutput(loss, *_accuracy(logits, targets, rows, n))
+
+
+def keep_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter) -> torch.Tensor:
+    """KL(bare || student) over the full vocabulary at every labelled position, averaged per row then over rows.
+
+    The labels only choose the positions (an unrelated question's answer); the target is what the
+    model without any adapter predicts there, so a document's adapter learns to leave it unchanged.
+    """
+    with torch.no_grad():
+        bare, _, _ = _target_logits(model, batch, None)
+    logits, _, rows = _target_logits(model, batch, adapter)
+    logp_bare = torch.log_softmax(bare, dim=-1)
+    kl = (logp_bare.exp() * (logp_bare - torch.log_softmax(logits, dim=-1))).sum(-1)  # (P,)
+    return _row_mean(kl, rows, batch.input_ids.shape[0])
 
 
 def l1_penalty(adapter: LoRAAdapter) -> torch.Tensor:

@@ -30,7 +30,7 @@ from .checkpoint import read_state, restore_optimizer, save_checkpoint
 from .config import Stage, TrainConfig
 from .data import Example, make_example
 from .diagnostics import adapter_spread
-from .objectives import LossOutput, answer_loss, distill_loss, l1_penalty
+from .objectives import LossOutput, answer_loss, distill_loss, keep_loss, l1_penalty
 from .teacher import Teacher
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ def compute_loss(hypernet: DocToLoRA, base: BaseModel, examples: list[Example], 
     else:
         out = answer_loss(base.model, qa_batch(base.tokenizer, examples), adapter)
     loss = out.loss + config.l1_weight * l1_penalty(adapter) if config.l1_weight else out.loss
+    if config.keep_weight and any(ex.info.get("keep") for ex in examples):
+        loss = loss + config.keep_weight * keep_loss(base.model, qa_batch(base.tokenizer, examples, keep=True), adapter)
     return loss, out
 
 

