@@ -32,12 +32,34 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_section(path: Path, name: str, text: str) -> None:
+    """Write ``text`` into ``path`` between ``<!-- name:start -->`` and ``<!-- name:end -->`` markers.
+
+    An existing section of that name is replaced and the rest of the file kept, so the ladder and the
+    prose evaluation can share docs/eval.md; without the markers the section is appended.
+    """
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{text.rstrip()}\n{end}\n"
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        new = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        new = (old.rstrip() + "\n\n" if old.strip() else "") + block
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new, encoding="utf-8")
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capacity", action="store_true",
                         help="Also check that a free LoRA on the same targets stores a document (ladder rung 1).")
     parser.add_argument("--density", action="store_true",
                         help="Run the chunk-density evaluation (dense documents at several chunk lengths) instead "
                              "of the needle and facts ladder.")
+    parser.add_argument("--prose", action="store_true",
+                        help="Run the real-prose evaluation (held-out Wikipedia summaries: hand-written and rule-made "
+                             "questions; internalized vs in-context vs RAG vs closed-book) instead of the ladder.")
+    parser.add_argument("--replies", type=Path, default=None, help="With --prose: write every reply to this JSON file.")
     parser.add_argument("--quick", action="store_true", help="Fewer, shorter documents (a smoke run).")
     parser.add_argument("--output", type=Path, default=None, help="Also write the markdown table here.")
 
@@ -50,7 +72,12 @@ def run_eval(args: argparse.Namespace) -> int:
     base = load_base_model(args.base_model, dtype=args.dtype, device=args.device)
     path = args.hypernet or default_hypernet_dir()
     hypernet = DocToLoRA.from_pretrained(path, base=base, device=base.device)
-    if args.density:
+    if args.prose:
+        from .prose_eval import evaluate_prose
+
+        name = str(path) if args.hypernet else "the shipped checkpoint"
+        table = evaluate_prose(hypernet, base, quick=args.quick, replies_path=args.replies).to_markdown(name)
+    elif args.density:
         top = hypernet.config.max_chunk_tokens
         lengths = [top // 4, top] if args.quick else [top // 4, top // 2, top, 2 * top]
         sheets = 3 if args.quick else 12
@@ -68,6 +95,5 @@ def run_eval(args: argparse.Namespace) -> int:
                   f"questions; {cap['seconds_per_step']:.2f} s per step")
     print(table)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(table + "\n")
+        write_section(args.output, "prose" if args.prose else "ladder", table)
     return 0

