@@ -40,6 +40,8 @@ DTYPE = "bf16"  # the library's default on CPU (2.5-3x faster than fp32 with AMX
 class BenchSettings(PydanticModel):
     """Sizes and repetitions of one benchmark run; :meth:`for_mode` gives the three presets."""
 
+    model_config = {"extra": "forbid"}
+
     mode: Mode = "full"
     runs: int = Field(5, ge=1, description="Timed runs per figure (the median is reported).")
     warmup: int = Field(1, ge=0, description="Untimed runs before timing.")

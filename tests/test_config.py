@@ -10,7 +10,13 @@ import pytest
 from pydantic import ValidationError
 
 from lora_memory.config import CONFIG_VERSION, DEFAULT_CACHE_SIZE_LIMIT, DEFAULT_TOP_K, MemoryConfig
+from lora_memory.eval_collections import CollectionEvalConfig
 from lora_memory.generation import GenerationConfig
+from lora_memory.hypernet import DocToLoRA, HypernetConfig
+from lora_memory.hypernet.t2l import T2LConfig, TextToLoRA
+from lora_memory.training.config import Stage, TaskSpec, TrainConfig
+from lora_memory.training.evaluate import EvalConfig
+from lora_memory.training.t2l_train import T2LTrainConfig
 
 
 def test_defaults():
@@ -47,3 +53,33 @@ def test_unknown_keys_are_refused_directly_but_dropped_from_saved_dicts(caplog):
     with caplog.at_level(logging.WARNING, logger="lora_memory.config"):
         config = MemoryConfig.from_dict({**MemoryConfig(top_k=2).to_dict(), "added_in_v9": True})
     assert config.top_k == 2 and "added_in_v9" in caplog.text
+
+
+@pytest.mark.parametrize("cls, data", [
+    (HypernetConfig, {"rnak": 4}),
+    (T2LConfig, {"rnak": 4}),
+    (TaskSpec, {"kind": "facts", "wieght": 2}),
+    (Stage, {"name": "s", "steps": 1, "tasks": [], "bach": 2}),
+    (TrainConfig, {"stages": [{"name": "s", "steps": 1, "tasks": [{"kind": "facts"}]}], "lr_rate": 1e-3}),
+    (TrainConfig, {"stages": [{"name": "s", "steps": 1, "tasks": [{"kind": "facts", "parms": {}}]}]}),
+    (EvalConfig, {"needle_len": [1]}),
+    (T2LTrainConfig, {"step": 3}),
+    (CollectionEvalConfig, {"size": [1]}),
+])
+def test_every_config_rejects_unknown_keys(cls, data):
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        cls.model_validate(data)
+
+
+def test_saved_configs_still_drop_newer_keys_with_a_warning(caplog):
+    config = HypernetConfig.from_dict({**HypernetConfig(rank=4).to_dict(), "added_in_v9": True})
+    assert config.rank == 4
+    assert "added_in_v9" in caplog.text
+
+
+def test_for_base_model_rejects_unknown_overrides(tiny_llama):
+    with pytest.raises(ValueError, match="unknown HypernetConfig field.*rnak"):
+        DocToLoRA.for_base_model(tiny_llama, rnak=4)
+    with pytest.raises(ValueError, match="unknown T2LConfig field.*rnak"):
+        TextToLoRA.for_base_model(tiny_llama, rnak=4)
+    assert DocToLoRA.for_base_model(tiny_llama, rank=2, input_layer=1, target_layers=[1]).config.rank == 2

@@ -71,6 +71,8 @@ PLOT_NAME = "img/collections.png"
 class CollectionEvalConfig(PydanticModel):
     """What to evaluate; the defaults give the tables in docs/collections.md (about 10 minutes on one core)."""
 
+    model_config = {"extra": "forbid"}
+
     sizes: list[int] = Field(default_factory=lambda: [1, 10, 100], description="Documents per collection.")
     needle_targets: int = Field(12, ge=0, description="Needle target documents (one question each).")
     facts_targets: int = Field(6, ge=0, description="Fact target documents.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel
 
@@ -11,7 +11,24 @@ logger = logging.getLogger(__name__)
 
 
 class SavedConfig(BaseModel):
-    """A pydantic config with ``to_dict``/``from_dict``; keys a newer version added are dropped with a warning."""
+    """A strict pydantic config with ``to_dict``/``from_dict``.
+
+    An unknown key is an error when a config is built in code or from a user's file; only
+    :meth:`from_dict` (reading a saved config) drops keys a newer version added, with a warning.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    def with_overrides(self, **overrides: Any) -> Self:
+        """A validated copy with ``overrides`` applied (``model_copy(update=...)`` would skip validation).
+
+        Raises:
+            ValueError: an override names no field of this config (the message names the key), or a value is invalid.
+        """
+        unknown = sorted(set(overrides) - set(type(self).model_fields))
+        if unknown:
+            raise ValueError(f"unknown {type(self).__name__} field(s): {', '.join(unknown)}")
+        return self.model_validate({**self.model_dump(exclude_unset=True), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (paths as strings)."""

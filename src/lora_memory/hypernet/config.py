@@ -64,7 +64,6 @@ class HypernetConfig(SavedConfig):
     module_d_out: int | None = None
     config_version: int = CONFIG_VERSION
 
-    model_config = {"extra": "ignore"}
 
     @model_validator(mode="after")
     def _check(self) -> HypernetConfig:

@@ -48,8 +48,13 @@ class DocToLoRA(PretrainedHypernet):
     # -------------------------------------------------------------- building
     @classmethod
     def for_base_model(cls, base: BaseModel, config: HypernetConfig | None = None, **overrides: Any) -> DocToLoRA:
-        """A freshly initialised hypernetwork sized for ``base`` (dimensions discovered, not hard-coded)."""
-        config = (config or HypernetConfig()).model_copy(update=overrides)
+        """A freshly initialised hypernetwork sized for ``base`` (dimensions discovered, not hard-coded).
+
+        Raises:
+            ValueError: an override is not a :class:`HypernetConfig` field, or its value is invalid.
+            IncompatibleAdapterError: the target modules differ in shape across layers.
+        """
+        config = (config or HypernetConfig()).with_overrides(**overrides)
         model = base.model
         prefix, stack = decoder_layers(model)
         n_layers = len(stack)

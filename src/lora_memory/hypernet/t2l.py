@@ -68,7 +68,6 @@ class T2LConfig(SavedConfig):
     task_embed_dim: int | None = Field(None, description="Size of the task encoder's embeddings.")
     config_version: int = T2L_CONFIG_VERSION
 
-    model_config = {"extra": "ignore"}
 
     @model_validator(mode="after")
     def _check(self) -> T2LConfig:
@@ -149,7 +148,7 @@ class TextToLoRA(PretrainedHypernet):
         Raises:
             IncompatibleAdapterError: a target module is missing or differs in shape across layers.
         """
-        config = (config or T2LConfig()).model_copy(update=overrides)
+        config = (config or T2LConfig()).with_overrides(**overrides)
         prefix, stack = decoder_layers(base.model)
         layers = config.target_layers if config.target_layers is not None else list(range(len(stack)))
         dims: dict[str, tuple[int, int]] = {}

@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+STRICT = ConfigDict(extra="forbid")
 
 
 class TaskSpec(BaseModel):
     """One data family in a stage's mix, with its generator parameters (see ``training.data``)."""
+
+    model_config = STRICT
 
     kind: Literal["needle", "facts", "prose"]
     weight: float = Field(1.0, gt=0, description="Relative sampling weight within the stage.")
@@ -20,6 +24,8 @@ class TaskSpec(BaseModel):
 class Stage(BaseModel):
     """A curriculum stage: a data mix trained for ``steps`` steps."""
 
+    model_config = STRICT
+
     name: str
     steps: int = Field(..., ge=1)
     tasks: list[TaskSpec]
@@ -28,6 +34,8 @@ class Stage(BaseModel):
 
 class TrainConfig(BaseModel):
     """Everything a run needs; saved beside its checkpoints so a run can be resumed or audited."""
+
+    model_config = STRICT
 
     base_model: str = Field("embedded", description="Base model id/path, or 'embedded'.")
     hypernet: dict[str, Any] = Field(default_factory=dict, description="HypernetConfig overrides.")

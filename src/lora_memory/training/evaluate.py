@@ -57,6 +57,8 @@ def contains(prediction: str, answer: str) -> bool:
 class EvalConfig(PydanticModel):
     """What to evaluate; defaults give the table in docs/training.md."""
 
+    model_config = {"extra": "forbid"}
+
     needle_lengths: list[int] = Field(default_factory=lambda: [256, 1024, 2048, 4096, 16384, 32768],
                                       description="Haystack lengths in tokens.")
     needle_depths: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])

@@ -54,6 +54,8 @@ LOG_NAME = "log.jsonl"
 class T2LTrainConfig(PydanticModel):
     """One T2L training run; saved beside its checkpoints."""
 
+    model_config = {"extra": "forbid"}
+
     out_dir: str = Field("runs/t2l", description="Checkpoint, log, task LoRAs and the final T2L.")
     mode: Literal["sft", "recon"] = Field("sft", description="sft: end-to-end CE; recon: reproduce task LoRAs.")
     base_model: str = Field("embedded", description="Base model id/path, or 'embedded'.")
