@@ -88,7 +88,12 @@ def run_eval(args: argparse.Namespace) -> int:
         config = EvalConfig(needle_lengths=[256, 1024], needle_depths=[0.5], needle_per_cell=2,
                             facts_documents=4) if args.quick else EvalConfig()
         table = evaluate_hypernet(hypernet, base, config).to_markdown()
-    if args.capacity:
+    if args.capacity and args.prose:
+        from .prose_eval import capacity_markdown, evaluate_prose_capacity
+
+        cap = evaluate_prose_capacity(base, hypernet.config, articles=3 if args.quick else 8)
+        table += "\n\n" + capacity_markdown(cap, hypernet.config.rank)
+    elif args.capacity:
         cap = evaluate_capacity(base, hypernet.config, documents=2 if args.quick else 6)
         table += (f"\n\n### Capacity (free rank-{hypernet.config.rank} LoRA, {cap['steps']:.0f} Adam steps per "
                   f"document)\n\nexact {cap['exact']:.2f}, contains {cap['contains']:.2f} over {cap['n']:.0f} "

@@ -38,6 +38,9 @@ from ..chunking import chunk_text
 from ..generation import GenerationConfig, generate
 from ..hypernet import DocToLoRA
 from ..routing import BM25Index
+from ..hypernet import HypernetConfig
+from .baseline import distill_document
+from .data import Example
 from .prose import Article, article_questions, load_articles
 from .teacher import in_context_prompt
 
@@ -234,3 +237,48 @@ def evaluate_prose(hypernet: DocToLoRA, base: BaseModel, quick: bool = False, ru
         replies_path.parent.mkdir(parents=True, exist_ok=True)
         replies_path.write_text(json.dumps(all_replies, indent=1, ensure_ascii=False) + "\n")
     return report
+
+
+def capacity_example(article: Article, draws: int = 4) -> Example:
+    """The article with every rule-made question type, in ``draws`` phrasings (the free LoRA's training set)."""
+    qa = {}
+    for seed in range(draws):
+        for made in article_questions(random.Random(seed), article).values():
+            qa[made.question] = made
+    return Example(article.text, list(qa.values()), "prose", {"title": article.title})
+
+
+def evaluate_prose_capacity(base: BaseModel, config: HypernetConfig, articles: int = 8, steps: int = 30,
+                            max_new_tokens: int = 24) -> dict[str, float]:
+    """Rung 1 on prose: a free LoRA of the adapter's shape, trained on one article's rule-made questions,
+    answers that article's hand-written questions (other wording, never trained on)?
+
+    Returns contains on the hand-written questions with the trained LoRA and closed-book, the share of
+    its own training questions it answers, and the seconds per Adam step.
+    """
+    hand = handwritten_questions()
+    by_title = {a.title: a for a in load_articles("heldout")}
+    titles = list(dict.fromkeys(q.title for q in hand))[:articles]
+    with_lora, closed, trained, seconds = [], [], [], []
+    for i, title in enumerate(titles):
+        ex = capacity_example(by_title[title])
+        with torch.enable_grad():
+            result = distill_document(base, ex, config, steps=steps, lr=1e-2, seed=i)
+        seconds.append(result.seconds_per_step)
+        for q in (q for q in hand if q.title == title):
+            with_lora.append(answer_contains(_answer(base, q.question, result.adapter, max_new_tokens), q.answers))
+            closed.append(answer_contains(_answer(base, q.question, None, max_new_tokens), q.answers))
+        trained += [answer_contains(_answer(base, qa.question, result.adapter, max_new_tokens), [qa.answer])
+                    for qa in ex.qa]
+    return {"hand_written_lora": sum(with_lora) / len(with_lora), "hand_written_closed": sum(closed) / len(closed),
+            "trained_questions": sum(trained) / len(trained), "n": float(len(with_lora)),
+            "n_trained": float(len(trained)), "steps": float(steps), "seconds_per_step": sum(seconds) / len(seconds)}
+
+
+def capacity_markdown(cap: dict[str, float], rank: int) -> str:
+    return (f"### Capacity on prose (a free rank-{rank} LoRA of the adapter's shape, {cap['steps']:.0f} Adam steps "
+            "per article on its rule-made questions)\n\n"
+            f"Hand-written questions (other wording, never trained on), contains: {cap['hand_written_lora']:.2f} "
+            f"with the LoRA vs {cap['hand_written_closed']:.2f} closed-book ({cap['n']:.0f} questions); its own "
+            f"{cap['n_trained']:.0f} training questions: {cap['trained_questions']:.2f}; "
+            f"{cap['seconds_per_step']:.2f} s per step.")
