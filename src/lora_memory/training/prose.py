@@ -15,6 +15,8 @@ question type has several phrasings so the adapter cannot key on one wording:
 - ``describe``: -> the article's short description;
 - ``cloze``: a sentence with one year, number or name blanked -> that value;
 - ``recite``: "What does the article about T say?" -> its first sentence;
+- ``when`` / ``who`` / ``how_many``: a sentence reordered into a question
+  ("Kigali was founded in 1907." -> "In what year was Kigali founded?");
 - ``capital`` / ``population`` / ``located`` / ``founded``: pattern questions.
 
 A training example is one article plus 0..K-1 distractor articles, each its own
@@ -125,6 +127,22 @@ PATTERNS = [  # (kind, regex on the text, question templates)
 ]
 BLANK = "____"
 
+# sentence rules that turn a statement into a reordered question ("X was founded in 1907." -> "In what year was X
+# founded?"); a pronoun or "The <noun>" subject is replaced by the article's title
+_PASSIVE_YEAR = re.compile(r"^(?P<subj>(?:The |A |An )?[A-Z][^,;]{1,60}?) (?P<aux>was|were) "
+                           r"(?P<verb>(?:first )?\w+(?:ed|en|wn|lt))(?P<mid>(?: [^,;]{0,40}?)?) in "
+                           r"(?P<year>1[0-9]{3}|20[0-2][0-9])\b")
+_BY_WHOM = re.compile(r"^(?P<subj>(?:The |A |An )?[A-Z][^,;]{1,60}?) (?P<aux>was|were) (?P<verb>\w+(?:ed|en|wn|lt)) "
+                      r"by (?P<who>[A-Z][\w\-]+(?: (?:of |de |van |von )?[A-Z][\w\-]+){0,3})")
+_HOW_MANY = re.compile(r"^(?P<subj>(?:The |A |An )?[A-Za-z][^,;]{1,50}?) (?P<verb>has|had|have|contains|contained|"
+                       r"comprises|includes|included) (?:about |approximately |over |around |more than |nearly |some )?"
+                       r"(?P<n>\d[\d,]*|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve) "
+                       r"(?P<thing>[a-z][a-z\-]{2,20}(?: [a-z][a-z\-]{2,20})?)\b(?=[ ,.;])")
+_DO = {"has": ("does", "have"), "had": ("did", "have"), "have": ("do", "have"), "contains": ("does", "contain"),
+       "contained": ("did", "contain"), "comprises": ("does", "comprise"), "includes": ("does", "include"),
+       "included": ("did", "include")}
+_PRONOUNS = {"it", "he", "she", "they", "its", "this", "these"}
+
 
 def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
@@ -154,6 +172,38 @@ def _cloze(rng: random.Random, title: str, sents: list[str]) -> QA | None:
     return QA(rng.choice(CLOZE_TEMPLATES[kind]).format(t=title, s=blanked), m.group(0).rstrip(",."))
 
 
+def _subject(subj: str, title: str) -> str | None:
+    """The question's subject: the title for a pronoun or a generic "The <noun>"; None when it is unclear."""
+    words = subj.split()
+    if words[0].casefold() in _PRONOUNS and len(words) == 1:
+        return title
+    if words[0] in ("The", "A", "An") and len(words) == 2 and words[1].islower():
+        return title
+    if len(words) > 8 or any(w in _PRONOUNS for w in map(str.casefold, words[1:])):
+        return None
+    return subj[0].lower() + subj[1:] if words[0] in ("The", "A", "An") else subj
+
+
+def _reordered(rng: random.Random, title: str, sents: list[str]) -> dict[str, QA]:
+    """Questions made by reordering a sentence: when (passive + year), by whom, how many."""
+    out: dict[str, QA] = {}
+    for s in rng.sample(sents, len(sents)):
+        m = _PASSIVE_YEAR.match(s)
+        if m and "when" not in out and (subj := _subject(m["subj"], title)):
+            out["when"] = QA(rng.choice(["In what year {a} {s} {v}{m}?", "When {a} {s} {v}{m}?"]).format(
+                a=m["aux"], s=subj, v=m["verb"], m=m["mid"]), m["year"])
+        m = _BY_WHOM.match(s)
+        if m and "who" not in out and " " in m["who"] and (subj := _subject(m["subj"], title)):
+            out["who"] = QA(rng.choice(["By whom {a} {s} {v}?", "Who was {s} {v} by?"]).format(
+                a=m["aux"], s=subj, v=m["verb"]), m["who"])
+        m = _HOW_MANY.match(s)
+        plural = m is not None and m["thing"].endswith("s") and m["thing"].split()[-1] not in ("and", "or")
+        if m and plural and "how_many" not in out and (subj := _subject(m["subj"], title)):
+            do, verb = _DO[m["verb"]]
+            out["how_many"] = QA(f"How many {m['thing']} {do} {subj} {verb}?", m["n"])
+    return out
+
+
 def article_questions(rng: random.Random, article: Article) -> dict[str, QA]:
     """Every question type the rules can make for this article, one phrasing each, keyed by type."""
     t, sents = article.title, sentences(article.text)
@@ -165,6 +215,7 @@ def article_questions(rng: random.Random, article: Article) -> dict[str, QA]:
         out["describe"] = QA(rng.choice(DESCRIBE_TEMPLATES).format(t=t), article.description)
     if sents and len(sents[0].split()) <= 45:
         out["recite"] = QA(rng.choice(RECITE_TEMPLATES).format(t=t), sents[0])
+    out.update(_reordered(rng, t, sents))
     cloze = _cloze(rng, t, sents)
     if cloze:
         out["cloze"] = cloze
@@ -176,7 +227,7 @@ def article_questions(rng: random.Random, article: Article) -> dict[str, QA]:
 
 
 QUESTION_WEIGHTS = {"what": 1.0, "describe": 0.5, "recite": 1.0, "cloze": 2.0, "capital": 2.0, "population": 2.0,
-                    "located": 2.0, "founded": 2.0}
+                    "located": 2.0, "founded": 2.0, "when": 3.0, "who": 3.0, "how_many": 3.0}
 
 
 def _pick_questions(rng: random.Random, made: dict[str, QA], n: int) -> list[QA]:
