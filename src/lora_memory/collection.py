@@ -14,6 +14,13 @@ are written, so a crash leaves the document either fully present or absent.
 Chunk files no manifest entry refers to (left by a crash, or by a delete) are
 swept when the next writer takes the lock. Readers take no lock: they reload the
 manifest when its file changes.
+
+The manifest is parsed strictly: a missing, unknown or mistyped key, a chunk key
+that is not 64 hex digits, or an id that disagrees with its entry raises
+:class:`~lora_memory.errors.CorruptManifestError`, and no writer proceeds (so
+nothing is committed over it and no chunk file is swept). A damaged chunk file is
+confined to the documents that use it: :meth:`Collection.damaged_chunks` and
+:meth:`Collection.verify` name them.
 """
 
 from __future__ import annotations
@@ -26,12 +33,13 @@ from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .adapter import LoRAAdapter
-from .errors import CollectionError, CorruptEntryError, DocumentNotFoundError, IncompatibleAdapterError
+from .errors import (CollectionError, CorruptEntryError, CorruptManifestError, DocumentNotFoundError,
+                     IncompatibleAdapterError)
 from .storage import (CHUNK_TEXT_KEY, TMP_SUFFIX, adapter_from_bytes, atomic_write, atomic_write_many,
-                      read_safetensors_metadata, sha256)
+                      check_chunk_file_header, read_safetensors_metadata, sha256)
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +49,19 @@ LOCK_NAME = ".lock"
 CHUNK_SUFFIX = ".safetensors"
 MANIFEST_VERSION = 1
 SNIPPET_CHARS = 200
+KEY_PATTERN = r"^[0-9a-f]{64}$"  # a sha256: a chunk key can never name a path outside adapters/
+# Every key required, no unknown key, no type coercion: a manifest edited by hand or by a newer
+# version is refused with a clear error instead of being read as a smaller collection.
+_STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 class ChunkRecord(BaseModel):
     """One chunk of a document as the manifest records it."""
 
-    key: str = Field(description="Content key (shared with the adapter cache) and file name stem.")
+    model_config = _STRICT
+
+    key: str = Field(pattern=KEY_PATTERN, description="Content key (shared with the adapter cache) and file "
+                                                      "name stem.")
     sha256: str = Field(description="Checksum of the chunk's adapter file.")
     char_start: int
     char_end: int
@@ -68,9 +83,11 @@ class DocumentInfo(BaseModel):
 class DocumentRecord(BaseModel):
     """A document's manifest entry."""
 
-    doc_id: str
-    source: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    model_config = _STRICT
+
+    doc_id: str = Field(min_length=1)
+    source: str | None
+    metadata: dict[str, Any]
     added_at: float
     content_sha256: str = Field(description="Checksum of the text, to skip re-ingesting an unchanged document.")
     chunk_tokens: int = Field(description="Chunk length the document was split with.")
@@ -83,15 +100,33 @@ class DocumentRecord(BaseModel):
 
 
 class Manifest(BaseModel):
-    """The collection's index, saved as ``manifest.json``."""
+    """The collection's index, saved as ``manifest.json``. Every key is required (see :meth:`new`)."""
 
-    format_version: int = MANIFEST_VERSION
+    model_config = _STRICT
+
+    format_version: int
     name: str
-    base_model: str | None = None
-    base_fingerprint: str | None = None
-    hypernet_fingerprint: str | None = None
-    revision: int = Field(0, description="Incremented by every commit.")
-    documents: dict[str, DocumentRecord] = Field(default_factory=dict)
+    base_model: str | None
+    base_fingerprint: str | None
+    hypernet_fingerprint: str | None
+    revision: int = Field(ge=0, description="Incremented by every commit.")
+    documents: dict[str, DocumentRecord]
+
+    @classmethod
+    def new(cls, name: str) -> Manifest:
+        """The manifest of an empty collection."""
+        return cls(format_version=MANIFEST_VERSION, name=name, base_model=None, base_fingerprint=None,
+                   hypernet_fingerprint=None, revision=0, documents={})
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.format_version != MANIFEST_VERSION:
+            raise ValueError(f"format_version {self.format_version} is not {MANIFEST_VERSION}, the version this "
+                             "lora-memory reads (was it written by another version?)")
+        for doc_id, record in self.documents.items():
+            if record.doc_id != doc_id:
+                raise ValueError(f"documents[{doc_id!r}] holds the record of {record.doc_id!r}")
+        return self
 
 
 class Collection:
@@ -102,7 +137,7 @@ class Collection:
         name: recorded in the manifest of a new collection.
 
     Raises:
-        CorruptEntryError: ``manifest.json`` exists but cannot be parsed.
+        CorruptManifestError: ``manifest.json`` exists but is not a valid manifest.
     """
 
     def __init__(self, directory: str | Path, name: str | None = None):
@@ -110,7 +145,7 @@ class Collection:
         self.name = name or self.directory.name
         self._lock = FileLock(str(self.directory / LOCK_NAME))  # touches the disk only when acquired
         self._stat: tuple[int, int, int] | None = None
-        self.manifest = Manifest(name=self.name)
+        self.manifest = Manifest.new(self.name)
         self.refresh()
 
     @classmethod
@@ -119,7 +154,7 @@ class Collection:
 
         Raises:
             CollectionError: ``directory`` holds no collection.
-            CorruptEntryError: its manifest cannot be parsed.
+            CorruptManifestError: its manifest is not a valid manifest.
         """
         directory = Path(directory)
         if not (directory / MANIFEST_NAME).is_file():
@@ -140,15 +175,19 @@ class Collection:
         """Reload the manifest if another writer replaced it (or always, with ``force``); returns whether it did.
 
         Raises:
-            CorruptEntryError: the manifest cannot be parsed.
+            CorruptManifestError: the manifest is not a valid manifest (nothing is changed on disk).
         """
         stat = self._manifest_stat()
         if stat is None or (stat == self._stat and not force):
             return False
         try:
             self.manifest = Manifest.model_validate_json(self.manifest_path.read_bytes())
-        except (ValidationError, UnicodeDecodeError) as exc:
-            raise CorruptEntryError(f"{self.manifest_path} is corrupt: {exc}") from exc
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}"
+                                 for e in exc.errors()[:3])
+            raise CorruptManifestError(
+                f"{self.manifest_path} is not a valid manifest ({problems}); nothing was changed or deleted. "
+                "Restore the file (or undo the edit) before using this collection") from exc
         self._stat = stat
         return True
 
@@ -179,7 +218,7 @@ class Collection:
         return {c.key: c.sha256 for d in self.documents.values() for c in d.chunks}
 
     def read_chunk(self, chunk: ChunkRecord, device: str | torch.device = "cpu") -> LoRAAdapter:
-        """A chunk's adapter on ``device``, checked against the manifest's checksum.
+        """A chunk's adapter on ``device``, checked against the manifest's checksum (nothing unverified is parsed).
 
         Raises:
             FileNotFoundError: the file is gone (a concurrent delete; refresh and retry).
@@ -188,8 +227,35 @@ class Collection:
         path = self.chunk_path(chunk.key)
         data = path.read_bytes()
         if sha256(data) != chunk.sha256:
-            raise CorruptEntryError(f"{path} fails its checksum; re-ingest the document that holds it")
+            raise CorruptEntryError(f"{path} fails its checksum")
         return adapter_from_bytes(data, device)
+
+    def chunk_damage(self, key: str, checksum: str) -> str | None:
+        """Why chunk ``key``'s file is unusable (missing, unreadable, not ``checksum``, no chunk header), or None."""
+        path = self.chunk_path(key)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return f"{path.name} cannot be read ({exc.strerror or exc})"
+        if sha256(data) != checksum:
+            return f"{path.name} fails its checksum"
+        try:
+            check_chunk_file_header(data)
+        except CorruptEntryError as exc:
+            return f"{path.name}: {exc}"
+        return None
+
+    def damaged_chunks(self, record: DocumentRecord) -> dict[str, str]:
+        """Key -> reason for every damaged chunk file of a document (empty when all are intact)."""
+        return {c.key: reason for c in record.chunks if (reason := self.chunk_damage(c.key, c.sha256)) is not None}
+
+    def verify(self) -> dict[str, dict[str, str]]:
+        """Doc id -> its damaged chunks (:meth:`damaged_chunks`) for every damaged document; reads every chunk file."""
+        damaged = {}
+        for doc_id, record in self.documents.items():
+            if found := self.damaged_chunks(record):
+                damaged[doc_id] = found
+        return damaged
 
     def read_chunk_text(self, key: str) -> str:
         """A chunk's full text, read from its adapter file's header only.
@@ -248,8 +314,8 @@ class Collection:
     def write_chunks(self, files: Mapping[str, bytes]) -> None:
         """Write chunk files (key -> :func:`lora_memory.storage.chunk_file_bytes`), atomically, one directory fsync.
 
-        Call inside :meth:`locked`, for keys the manifest does not hold yet (their files
-        must not change under readers).
+        Call inside :meth:`locked`, for keys the manifest does not hold yet or whose files
+        are damaged (intact files must not change under readers).
         """
         atomic_write_many({self.chunk_path(key): data for key, data in files.items()})
 
@@ -258,13 +324,18 @@ class Collection:
         """Add or replace ``record`` and/or remove document ``remove``, then write the manifest atomically.
 
         Call inside :meth:`locked`. ``models`` (``base_model``, ``base_fingerprint``,
-        ``hypernet_fingerprint``) stamps the manifest.
+        ``hypernet_fingerprint``) stamps the manifest. Other documents sharing one of
+        ``record``'s chunks take its checksum: a rebuilt chunk file is theirs too.
         """
         manifest = self.manifest.model_copy(deep=True)
         if remove is not None:
             manifest.documents.pop(remove, None)
         if record is not None:
             manifest.documents[record.doc_id] = record
+            checksums = {c.key: c.sha256 for c in record.chunks}
+            for doc in manifest.documents.values():
+                for chunk in doc.chunks:
+                    chunk.sha256 = checksums.get(chunk.key, chunk.sha256)
         if models:
             manifest = manifest.model_copy(update=models)
         manifest.revision += 1

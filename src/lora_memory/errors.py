@@ -38,5 +38,20 @@ class CorruptEntryError(LoRAMemoryError):
     """A stored file (cache entry, checkpoint, manifest) fails its integrity check."""
 
 
+class CorruptManifestError(CorruptEntryError):
+    """A collection's ``manifest.json`` is not a valid manifest (not JSON, a key missing, unknown or mistyped).
+
+    Nothing is written or deleted while it stands: a writer refuses to build on it.
+    """
+
+
+class DuplicateDocumentError(LoRAMemoryError, ValueError):
+    """Two documents would get the same id, so one would silently replace the other."""
+
+
+class InvalidNameError(LoRAMemoryError, ValueError):
+    """A collection name or a document id is not allowed (a path, control characters, not UTF-8...)."""
+
+
 class CollectionError(LoRAMemoryError):
     """A collection cannot be opened, locked or written."""

@@ -9,12 +9,17 @@ throwaway homes reuse the one-off GGUF conversion instead of repeating it.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import platformdirs
 
+from .errors import InvalidNameError
+
 HOME_ENV = "LORA_MEMORY_HOME"
 MODELS_ENV = "LORA_MEMORY_MODELS"
+MAX_NAME_CHARS = 128
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def home() -> Path:
@@ -38,6 +43,30 @@ def models_dir() -> Path:
 def collections_dir() -> Path:
     """Default parent directory of named collections."""
     return _sub("collections")
+
+
+def check_collection_name(name: str) -> str:
+    """Return ``name`` if it is a valid collection name: letters, digits, '.', '_' and '-', starting with a letter or
+    digit, at most ``MAX_NAME_CHARS`` characters; never a path, so a collection is always a child of
+    :func:`collections_dir`.
+
+    Raises:
+        InvalidNameError: anything else (``..``, ``a/b``, ``/abs``, an empty name, a trailing newline...).
+    """
+    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS or not _NAME.fullmatch(name):
+        raise InvalidNameError(f"name: collection names use letters, digits, '.', '_' and '-' (at most "
+                               f"{MAX_NAME_CHARS}, starting with a letter or digit); got {name!r}. "
+                               "To use a directory, pass it explicitly (--directory, directory=)")
+    return name
+
+
+def collection_dir(name: str) -> Path:
+    """The directory of the named collection, ``collections_dir() / name`` (not created).
+
+    Raises:
+        InvalidNameError: ``name`` is not a valid collection name (see :func:`check_collection_name`).
+    """
+    return collections_dir() / check_collection_name(name)
 
 
 def adapter_cache_dir() -> Path:

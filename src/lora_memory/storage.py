@@ -31,6 +31,7 @@ ADAPTER_CONFIG_KEY = "adapter_config"
 CHUNK_TEXT_KEY = "text"
 TMP_SUFFIX = ".tmp"
 _HEADER_LEN_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
+MAX_HEADER_BYTES = 100 * 2**20  # 100 MiB, safetensors' own limit: a damaged length never allocates more
 
 
 def sha256(data: bytes) -> str:
@@ -93,7 +94,7 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
     """
     if len(data) < _HEADER_LEN_BYTES:
         raise CorruptEntryError("safetensors data is truncated (no header)")
-    n = int.from_bytes(data[:_HEADER_LEN_BYTES], "little")
+    n = _header_length(data[:_HEADER_LEN_BYTES])
     header = data[_HEADER_LEN_BYTES:_HEADER_LEN_BYTES + n]
     if len(header) < n:
         raise CorruptEntryError("safetensors header is truncated")
@@ -104,11 +105,23 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
 
 
 def read_safetensors_metadata(path: Path) -> dict[str, str]:
-    """:func:`safetensors_metadata` of a file, reading only its header."""
+    """:func:`safetensors_metadata` of a file, reading only its header.
+
+    Raises:
+        OSError: the file cannot be read.
+        CorruptEntryError: the header is truncated, too long or not JSON.
+    """
     with open(path, "rb") as f:
         head = f.read(_HEADER_LEN_BYTES)
-        n = int.from_bytes(head, "little") if len(head) == _HEADER_LEN_BYTES else 0
+        n = _header_length(head) if len(head) == _HEADER_LEN_BYTES else 0
         return safetensors_metadata(head + f.read(n))
+
+
+def _header_length(head: bytes) -> int:
+    n = int.from_bytes(head, "little")
+    if n > MAX_HEADER_BYTES:
+        raise CorruptEntryError(f"safetensors header claims {n} bytes (more than {MAX_HEADER_BYTES}): damaged")
+    return n
 
 
 def atomic_write(path: Path, data: bytes) -> None:
