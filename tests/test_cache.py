@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 
 from lora_memory.adapter import LoRAAdapter, LoRAWeights
-from lora_memory.cache import AdapterCache
+from lora_memory.cache import AdapterCache, BytesDisk
 from lora_memory.storage import CHUNK_TEXT_KEY, adapter_from_bytes, safetensors_metadata
 
 DIM = 256
@@ -118,6 +118,49 @@ def test_corrupt_entry_is_deleted_and_missed(cache, caplog, damage):
     assert "k" not in cache  # deleted, so the next ingest re-encodes it
     cache.put("k", _adapter(0))
     _assert_same(cache.get("k"), _adapter(0))
+
+
+class _Planted:
+    """Unpickling it creates ``marker``: the code a planted pickle would run. ``padding`` makes the pickle
+    bigger than diskcache's 32 KiB, so it is stored in a file of its own."""
+
+    def __init__(self, marker: Path, padding: int = 0):
+        self.code = f"open({str(marker)!r}, 'w').close()  # " + "x" * padding
+
+    def __reduce__(self) -> tuple:
+        return exec, (self.code,)
+
+
+PLANTED = {  # one value for each way diskcache can store it (mode, and in the index or in a file)
+    "pickle in the index": lambda marker: _Planted(marker),
+    "pickle in a file": lambda marker: _Planted(marker, padding=40_000),
+    "str in the index": lambda marker: "short text",
+    "str in a file": lambda marker: "t" * 40_000,
+    "int": lambda marker: 12345,
+    "float": lambda marker: 1.5,
+}
+
+
+@pytest.mark.parametrize("planted", PLANTED)
+def test_planted_entry_is_never_decoded_and_is_a_miss(cache, tmp_path, caplog, planted):
+    marker = tmp_path / "planted-code-ran"
+    diskcache.Cache(str(cache.directory)).set("k", PLANTED[planted](marker))  # another writer, default Disk
+    with caplog.at_level(logging.WARNING, logger="lora_memory.cache"):
+        assert cache.get_entry("k") is None
+    assert not marker.exists() and "corrupt" in caplog.text
+    assert "k" not in cache  # deleted, so it is encoded again
+    cache.put("k", _adapter(0))
+    _assert_same(cache.get("k"), _adapter(0))
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, "text", 3, bytearray(b"abc")])
+def test_bytes_disk_stores_nothing_but_bytes(tmp_path, value):
+    raw = diskcache.Cache(str(tmp_path / "c"), disk=BytesDisk)
+    with pytest.raises(TypeError, match="bytes only"):
+        raw.set("k", value)
+    with pytest.raises(TypeError, match="keys are str"):
+        raw.set(("tuple", "key"), b"payload")  # a tuple key would be pickled
+    assert len(raw) == 0
 
 
 def test_truncated_value_file_is_a_miss(tmp_path):

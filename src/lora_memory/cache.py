@@ -4,7 +4,10 @@ A chunk's adapter depends only on the hypernetwork, the base model, the dtype it
 is stored in and the chunk's token ids, so those (hashed) are the key: the same
 chunk is never encoded twice, whichever collection or process asks. Storage is
 :class:`diskcache.Cache` (SQLite index, process-safe, size-limited with
-least-recently-used eviction). Values are bytes, never pickles: a sha256 digest of
+least-recently-used eviction) with :class:`BytesDisk`, which stores and returns
+raw bytes only: diskcache's pickle (and text) modes are refused in both directions,
+so an entry planted by anyone else is a miss, never code that runs. Values are
+bytes: a sha256 digest of
 the payload followed by the payload, a chunk file's exact bytes (safetensors with
 the adapter's JSON config and the chunk's text,
 :func:`lora_memory.storage.chunk_file_bytes`). A hit therefore goes into a
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import diskcache
+from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
 from .adapter import LoRAAdapter
 from .config import DEFAULT_CACHE_SIZE_LIMIT
@@ -41,6 +45,38 @@ DIGEST_BYTES = 32  # sha256
 EVICTION_POLICY = "least-recently-used"
 SQLITE_TIMEOUT_S = 60  # seconds a process waits for another's write transaction
 KEY_VERSION = 2  # bumped when the entry format changes, so old entries are never read (2: chunk-file bytes)
+
+
+class BytesDisk(diskcache.Disk):
+    """diskcache serialization that only ever stores and returns ``bytes`` (values) and ``str`` (keys).
+
+    Nothing is pickled on the way in, and a row stored by another writer in pickle
+    or text mode (or holding a number) is refused on the way out with
+    :class:`CorruptEntryError` before any of it is decoded.
+    """
+
+    def put(self, key: object) -> tuple[object, bool]:
+        if type(key) is not str:
+            raise TypeError(f"adapter cache keys are str, not {type(key).__name__}")
+        return super().put(key)
+
+    def get(self, key: object, raw: bool) -> object:
+        if not raw:
+            raise CorruptEntryError("a cache key stored pickled is refused")
+        return super().get(key, raw)
+
+    def store(self, value: object, read: bool, key: object = UNKNOWN) -> tuple[int, int, str | None, object]:
+        if read or type(value) is not bytes:
+            raise TypeError(f"the adapter cache stores bytes only, not {type(value).__name__}")
+        return super().store(value, read, key)
+
+    def fetch(self, mode: int, filename: str | None, value: object, read: bool) -> bytes:
+        if read or mode not in (MODE_RAW, MODE_BINARY):
+            raise CorruptEntryError(f"a cache value stored in diskcache mode {mode} (not raw bytes) is refused")
+        data = super().fetch(mode, filename, value, read)
+        if type(data) is not bytes:
+            raise CorruptEntryError(f"a cache value holding {type(data).__name__}, not bytes, is refused")
+        return data
 
 
 class CacheEntry(NamedTuple):
@@ -63,7 +99,7 @@ class AdapterCache:
 
     def __init__(self, directory: str | Path | None = None, size_limit_bytes: int = DEFAULT_CACHE_SIZE_LIMIT):
         self.directory = Path(directory) if directory is not None else adapter_cache_dir()
-        self._cache = diskcache.Cache(str(self.directory), size_limit=size_limit_bytes,
+        self._cache = diskcache.Cache(str(self.directory), size_limit=size_limit_bytes, disk=BytesDisk,
                                       eviction_policy=EVICTION_POLICY, timeout=SQLITE_TIMEOUT_S)
 
     @staticmethod
@@ -76,15 +112,16 @@ class AdapterCache:
     def get_entry(self, key: str) -> CacheEntry | None:
         """The verified chunk-file bytes stored under ``key``, or None on a miss.
 
-        A corrupt or truncated entry is logged, deleted and reported as a miss.
+        A corrupt or truncated entry, or one not stored as raw bytes (never decoded), is
+        logged, deleted and reported as a miss.
 
         Raises:
             diskcache.Timeout: the cache stayed locked by another process for ``SQLITE_TIMEOUT_S``.
         """
-        blob = self._cache.get(key, retry=True)
-        if blob is None:
-            return None
         try:
+            blob = self._cache.get(key, retry=True)
+            if blob is None:
+                return None
             return _verify(blob)
         except CorruptEntryError as exc:
             logger.warning("adapter cache entry %s is corrupt (%s); deleting it, it will be re-encoded", key[:12], exc)
