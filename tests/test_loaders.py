@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 
 import pytest
 from pypdf import PdfReader, PdfWriter
 
-from lora_memory.errors import DocumentNotFoundError, EmptyDocumentError, UnsupportedDocumentError
-from lora_memory.loaders import html_to_text, is_binary, load_documents, load_file, text_doc_id
+from lora_memory.errors import (DocumentNotFoundError, DuplicateDocumentError, EmptyDocumentError, InvalidNameError,
+                                UnsupportedDocumentError)
+from lora_memory.loaders import check_doc_id, html_to_text, is_binary, load_documents, load_file, text_doc_id
 
 
 def make_pdf(lines: list[str]) -> bytes:
@@ -250,3 +252,45 @@ def test_iterable_stops_at_the_first_bad_item(tree):
     assert next(docs).doc_id == "a.txt"
     with pytest.raises(DocumentNotFoundError):
         next(docs)
+
+
+# ------------------------------------------------------------------ ids and names
+def test_same_name_files_raise_before_any_is_read(tmp_path):
+    for folder in ("dA", "dB"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "notes.txt").write_text(folder)
+    docs = load_documents([tmp_path / "dA" / "notes.txt", tmp_path / "dB" / "notes.txt"])
+    with pytest.raises(DuplicateDocumentError, match="dA/notes.txt and .*dB/notes.txt .*'notes.txt'"):
+        next(docs)
+    assert [d.doc_id for d in load_documents(tmp_path)] == ["dA/notes.txt", "dB/notes.txt"]  # relative to the root
+    with pytest.raises(DuplicateDocumentError):
+        list(load_documents(["same text", "same text"]))
+
+
+def test_relative_paths_are_recorded_absolute(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("alpha")
+    monkeypatch.chdir(tmp_path)
+    [doc] = load_documents(Path("a.txt"))
+    assert doc.source == str(tmp_path / "a.txt")
+
+
+@pytest.mark.parametrize("name", [b"bad-\xff.txt", b"line\nbreak.txt"])
+def test_directory_skips_file_names_that_cannot_be_ids(tmp_path, caplog, name):
+    (tmp_path / "good.txt").write_text("good")
+    with open(os.path.join(os.fsencode(tmp_path), name), "w") as f:
+        f.write("text under a bad name")
+    with caplog.at_level(logging.WARNING, logger="lora_memory.loaders"):
+        assert [d.doc_id for d in load_documents(tmp_path)] == ["good.txt"]
+    assert "skipping" in caplog.text and ("UTF-8" in caplog.text or "control characters" in caplog.text)
+    bad = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), name)))
+    with pytest.raises((UnsupportedDocumentError, InvalidNameError)):
+        list(load_documents(bad))  # named on its own, it is an error, not a silent skip
+
+
+@pytest.mark.parametrize("bad", ["", "a\nb", "\udcff", "x" * 5000])
+def test_invalid_doc_ids_raise(bad):
+    with pytest.raises(InvalidNameError, match="document id"):
+        list(load_documents("some text", doc_id=bad))
+    with pytest.raises(InvalidNameError):
+        check_doc_id(bad)
+    assert check_doc_id("notes/2024 plan.md") == "notes/2024 plan.md"

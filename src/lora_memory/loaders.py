@@ -8,7 +8,11 @@ glob pattern; hidden files and folders are skipped). Every failure is a specific
 
 Document ids are deterministic so re-ingesting the same source replaces, never
 duplicates: a file's name, a file's path relative to the directory it was found
-in, or ``text-<sha256 prefix>`` for raw text.
+in, or ``text-<sha256 prefix>`` for raw text. Every id of a source is known before
+any file is read, and two documents of one source with the same id (``dA/notes.txt``
+and ``dB/notes.txt`` given as files) raise :class:`~lora_memory.errors.DuplicateDocumentError`
+before anything is loaded. A file inside a directory whose name is not valid UTF-8
+(or holds control characters) is skipped with a warning, like an unreadable file.
 
 Example:
     >>> [doc] = load_documents("Paris is the capital of France.")
@@ -18,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -28,7 +33,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from .errors import DocumentNotFoundError, EmptyDocumentError, LoRAMemoryError, UnsupportedDocumentError
+from .errors import (DocumentNotFoundError, DuplicateDocumentError, EmptyDocumentError, InvalidNameError,
+                     LoRAMemoryError, UnsupportedDocumentError)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,7 @@ SNIFF_BYTES = 8192  # bytes read to decide whether a file is binary
 MAX_CONTROL_RATIO = 0.1  # more control characters than this (in the sniffed bytes) means binary
 TEXT_ID_PREFIX = "text-"
 TEXT_ID_HASH_CHARS = 12
+MAX_DOC_ID_CHARS = 1024
 _ALLOWED_CONTROL = {ord(c) for c in "\t\n\r\f\v\b\x1b"}
 _HTML_SUFFIXES = {".html", ".htm"}
 _SPACES = re.compile(r"\s+")
@@ -54,9 +61,44 @@ class LoadedDocument:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """A document of a source before it is read: its id, and its file (None: ``text`` is the document)."""
+
+    doc_id: str
+    path: Path | None = None
+    text: str | None = None
+
+
 def text_doc_id(text: str) -> str:
     """The deterministic id of a raw-text document: ``text-`` and a prefix of its sha256."""
     return TEXT_ID_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()[:TEXT_ID_HASH_CHARS]
+
+
+def check_doc_id(doc_id: str) -> str:
+    """Return ``doc_id`` if it can be a document id: a non-empty str of valid UTF-8 without control characters,
+    at most ``MAX_DOC_ID_CHARS`` long (ids are manifest keys and lines of ``lora-memory show``, never paths).
+
+    Raises:
+        InvalidNameError: anything else.
+    """
+    problem = _name_problem(doc_id) if isinstance(doc_id, str) else f"is a {type(doc_id).__name__}, not a str"
+    if problem is None and not 0 < len(doc_id) <= MAX_DOC_ID_CHARS:
+        problem = f"must have 1 to {MAX_DOC_ID_CHARS} characters"
+    if problem is not None:
+        raise InvalidNameError(f"document id {doc_id!r} {problem}")
+    return doc_id
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be stored as a manifest string (None: it can)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "holds control characters"
+    return None
 
 
 def load_documents(source: Source, *, doc_id: str | None = None, metadata: Mapping[str, Any] | None = None,
@@ -71,63 +113,113 @@ def load_documents(source: Source, *, doc_id: str | None = None, metadata: Mappi
         metadata: attached to every document.
         glob: pattern selecting files inside directories.
 
+    Every id is known (and checked) before the first file is read, so these errors come
+    before any document: ``ValueError``, ``DuplicateDocumentError``, ``InvalidNameError``,
+    ``TypeError``, and ``EmptyDocumentError`` for a directory with no matching file.
+
     Raises:
         DocumentNotFoundError: a path does not exist.
         EmptyDocumentError: a document has no text (a directory: no readable file matched).
-        UnsupportedDocumentError: a file is binary, not UTF-8, a corrupt or encrypted PDF.
+        UnsupportedDocumentError: a file is binary, not UTF-8, a corrupt or encrypted PDF, or a
+            file given by name has a name that is not valid UTF-8.
+        DuplicateDocumentError: two documents of ``source`` would get the same id.
+        InvalidNameError: ``doc_id`` is not a valid document id.
         ValueError: ``doc_id`` is given for a source with several documents.
         TypeError: ``source`` is of another type.
     """
     meta = dict(metadata or {})
-    count = 0
-    for doc in _iter_source(source, glob):
-        count += 1
-        if doc_id is not None:
-            if count > 1:
-                raise ValueError("doc_id was given but the source holds more than one document")
-            doc = LoadedDocument(doc_id, doc.text, doc.source, doc.metadata)
-        yield LoadedDocument(doc.doc_id, doc.text, doc.source, {**doc.metadata, **meta})
+    groups = list(_plan_source(source, glob))
+    planned = [item for _, items in groups for item in items]
+    if doc_id is not None:
+        if len(planned) > 1:
+            raise ValueError("doc_id was given but the source holds more than one document")
+        planned[0] = dataclasses.replace(planned[0], doc_id=check_doc_id(doc_id))
+        groups = [(groups[0][0], planned)]
+    _check_unique(planned)
+    for root, items in groups:
+        for doc in _load_planned(root, items):
+            yield LoadedDocument(doc.doc_id, doc.text, doc.source, {**doc.metadata, **meta})
 
 
-def _iter_source(source: Source, glob: str) -> Iterator[LoadedDocument]:
+def _check_unique(planned: list[_Planned]) -> None:
+    """Raise :class:`DuplicateDocumentError` naming the first two documents that share an id."""
+    first: dict[str, _Planned] = {}
+    for item in planned:
+        if item.doc_id in first:
+            a, b = (str(p.path) if p.path is not None else "a text" for p in (first[item.doc_id], item))
+            raise DuplicateDocumentError(
+                f"{a} and {b} would both get the document id {item.doc_id!r}, and one would replace the other; "
+                "ingest their common parent directory (ids are then paths relative to it), or one at a time "
+                "with its own id (--id, doc_id=)")
+        first[item.doc_id] = item
+
+
+def _load_planned(root: Path | None, items: list[_Planned]) -> Iterator[LoadedDocument]:
+    """Read planned documents; inside a directory (``root``) an unreadable file is skipped with a warning."""
+    loaded = 0
+    for item in items:
+        if item.path is None:
+            yield LoadedDocument(item.doc_id, item.text or "")  # checked to be non-empty when planned
+            continue
+        try:
+            text = load_file(item.path)
+        except (EmptyDocumentError, UnsupportedDocumentError) as exc:
+            if root is None:
+                raise
+            logger.warning("skipping %s: %s", item.path, exc)
+            continue
+        loaded += 1
+        yield LoadedDocument(item.doc_id, text, str(item.path.absolute()))
+    if root is not None and not loaded:
+        raise EmptyDocumentError(f"no readable document in {root}: every matching file was skipped (see the "
+                                 "warnings)")
+
+
+def _plan_source(source: Source, glob: str) -> Iterator[tuple[Path | None, list[_Planned]]]:
+    """The documents of ``source`` without reading any file, in groups: (directory root or None, documents)."""
     if isinstance(source, str):
         if "\n" not in source and len(source) < 256 and os.path.exists(source):
             logger.warning("a str is ingested as text, not as the file %r; pass pathlib.Path(%r) to load it",
                            source, source)
-        yield LoadedDocument(text_doc_id(_nonempty(source, "the text")), source)
+        yield None, [_Planned(text_doc_id(_nonempty(source, "the text")), text=source)]
     elif isinstance(source, os.PathLike):
         path = Path(source)
         if path.is_dir():
-            yield from _iter_directory(path, glob)
+            yield path, _plan_directory(path, glob)
         else:
-            yield LoadedDocument(path.name, load_file(path), str(path))
+            if (problem := _name_problem(str(path.absolute()))) is not None:
+                raise UnsupportedDocumentError(f"the file name {str(path)!r} {problem}; rename the file first")
+            yield None, [_Planned(path.name, path=path)]
     elif isinstance(source, bytes):
         raise TypeError("bytes are not a document: decode them to str, or pass a file path")
     elif isinstance(source, Iterable):
         for item in source:
             if not isinstance(item, (str, os.PathLike)):
                 raise TypeError(f"expected str text or a path inside the iterable, got {type(item).__name__}")
-            yield from _iter_source(item, glob)
+            yield from _plan_source(item, glob)
     else:
         raise TypeError(f"expected str text, a path, or an iterable of them; got {type(source).__name__}")
 
 
-def _iter_directory(root: Path, glob: str) -> Iterator[LoadedDocument]:
-    """Readable files under ``root`` matching ``glob``; unreadable ones are skipped with a warning."""
-    found = 0
+def _plan_directory(root: Path, glob: str) -> list[_Planned]:
+    """Files under ``root`` matching ``glob`` (hidden ones left out), ids relative to ``root``; a file whose
+    name cannot be an id is skipped with a warning.
+
+    Raises:
+        EmptyDocumentError: no file matches.
+    """
+    planned = []
     for path in sorted(root.glob(glob)):
         rel = path.relative_to(root)
         if not path.is_file() or any(part.startswith(".") for part in rel.parts):
             continue
-        try:
-            text = load_file(path)
-        except (EmptyDocumentError, UnsupportedDocumentError) as exc:
-            logger.warning("skipping %s: %s", path, exc)
+        if (problem := _name_problem(str(path.absolute()))) is not None:
+            logger.warning("skipping %r: its name %s", str(path), problem)
             continue
-        found += 1
-        yield LoadedDocument(rel.as_posix(), text, str(path))
-    if not found:
+        planned.append(_Planned(rel.as_posix(), path=path))
+    if not planned:
         raise EmptyDocumentError(f"no readable document in {root} matches {glob!r}")
+    return planned
 
 
 def load_file(path: str | os.PathLike[str]) -> str:
