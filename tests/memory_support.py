@@ -15,6 +15,7 @@ from lora_memory.hypernet import DocToLoRA
 
 TINY_HYPERNET = {"input_layer": 2, "max_chunk_tokens": 32}
 NOISE_STD = 0.05
+MAX_NEW_TOKENS = 6
 
 
 def tiny_hypernet(base: BaseModel, seed: int = 0) -> DocToLoRA:
@@ -31,6 +32,18 @@ def tiny_hypernet(base: BaseModel, seed: int = 0) -> DocToLoRA:
                 p.add_(torch.randn_like(p) * NOISE_STD)
     hypernet.invalidate_fingerprint()
     return hypernet.eval()
+
+
+def open_tiny_memory(root: Path, name: str, base: BaseModel, hypernet: DocToLoRA, **config: Any) -> Any:
+    """The collection ``root / name`` on the given models, its cache in ``root / "cache"``; config fields as keywords
+    (answers of ``MAX_NEW_TOKENS`` tokens unless ``generation`` is given)."""
+    from lora_memory.config import MemoryConfig
+    from lora_memory.generation import GenerationConfig
+    from lora_memory.memory import LoRAMemory
+
+    config.setdefault("cache_dir", root / "cache")
+    config.setdefault("generation", GenerationConfig(max_new_tokens=MAX_NEW_TOKENS))
+    return LoRAMemory.open(name, directory=root / name, config=MemoryConfig(**config), base=base, hypernet=hypernet)
 
 
 def save_models(base: BaseModel, hypernet: DocToLoRA, directory: Path) -> tuple[Path, Path]:

@@ -22,14 +22,13 @@ from lora_memory.errors import (
     IncompatibleAdapterError,
 )
 from lora_memory.generation import GenerationConfig, generate
-from memory_support import add_in_subprocess, save_models, tiny_hypernet
+from memory_support import MAX_NEW_TOKENS, add_in_subprocess, open_tiny_memory, save_models, tiny_hypernet
 
 ZEBRA = ("Zebras live on the African savanna. Their black and white stripes confuse biting flies and hungry lions "
          "alike, so herds graze safely.")
 TOWER = "The Eiffel Tower stands in Paris. Gustave Eiffel's company finished the iron tower in 1889 for a world fair."
 ETNA = "Mount Etna is an active volcano in Sicily. Its eruptions have been recorded for more than three thousand years."
 FACTS = "\n\n".join([ZEBRA, TOWER, ETNA])
-MAX_NEW_TOKENS = 6
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +40,7 @@ def hypernet(tiny_llama):
 def open_memory(tmp_path, tiny_llama, hypernet):
     """Opens collection ``name`` under tmp_path with the tiny models; config fields as keywords."""
     def make(name: str = "notes", base=tiny_llama, net=hypernet, **config) -> LoRAMemory:
-        config.setdefault("cache_dir", tmp_path / "cache")
-        config.setdefault("generation", GenerationConfig(max_new_tokens=MAX_NEW_TOKENS))
-        return LoRAMemory.open(name, directory=tmp_path / name, config=MemoryConfig(**config), base=base,
-                               hypernet=net)
+        return open_tiny_memory(tmp_path, name, base, net, **config)
     return make
 
 
@@ -343,17 +339,6 @@ def test_chunk_adapters_are_stored_in_the_base_models_dtype(open_memory, tiny_ll
     [chunk] = memory.collection.record(memory.list()[0].doc_id).chunks
     stored = memory.collection.read_chunk(chunk)
     assert {w.A.dtype for w in stored.weights.values()} == {dtype}
-
-
-def test_corrupt_chunk_file_is_reported(open_memory):
-    memory = open_memory()
-    memory.add(ZEBRA)
-    [path] = (memory.collection.directory / ADAPTERS_DIR).glob("*.safetensors")
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(CorruptEntryError, match="checksum"):
-        open_memory().ask("Zebras?")
 
 
 def test_corrupt_manifest_is_reported(open_memory):

@@ -8,21 +8,33 @@ by the hypernetwork (which counts its shared bias term once), compressed to
 and cast to the base model's device and dtype. The routing index is rebuilt only
 when the manifest's revision changes, and the last few composed adapters are
 kept in memory, so asking again costs nothing.
+
+Routed chunks whose relevance (:meth:`lora_memory.routing.BM25Index.relevance`)
+is below ``min_relevance`` are dropped: a question nothing in the collection
+matches gets no adapter. A damaged chunk file (missing, truncated, failing its
+checksum) takes its documents out of this revision's routing, with a warning,
+instead of failing every question: the other documents still answer, and
+:attr:`Composed.damaged` names the ones left out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections import OrderedDict
 
 from .adapter import LoRAAdapter
 from .base import BaseModel
 from .collection import ChunkRecord, Collection, DocumentRecord
+from .errors import CorruptEntryError
 from .hypernet import DocToLoRA
 from .routing import BM25Index
 
+logger = logging.getLogger(__name__)
+
 COMPOSE_CACHE_SIZE = 4  # composed adapters kept in memory; each may be hundreds of MB
+RACE_RETRIES = 2  # re-reads of a manifest replaced by a writer while a question was being prepared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,65 +45,153 @@ class AppliedChunk:
     index: int
     chunk: ChunkRecord
     score: float | None = None
+    relevance: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Composed:
+    """What a question gets: the adapter (None: closed book), its chunks, and the documents left out as damaged
+    (doc id -> reason) or, when routing found nothing relevant enough, the best relevance it saw."""
+
+    adapter: LoRAAdapter | None
+    applied: list[AppliedChunk]
+    damaged: dict[str, str]
+    best_relevance: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Index:
+    revision: int
+    chunks: list[AppliedChunk]
+    bm25: BM25Index | None
+
+
+class _DamagedChunk(Exception):
+    """A chunk file could not be used while composing (internal: the composer routes around it)."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(reason)
+        self.key = key
 
 
 class Composer:
     """Builds the adapter a question gets from a collection. Thread-safe."""
 
     def __init__(self, collection: Collection, base: BaseModel, hypernet: DocToLoRA, top_k: int | None,
-                 max_rank: int | None):
+                 max_rank: int | None, min_relevance: float | None = None):
         self.collection = collection
         self.base = base
         self.hypernet = hypernet
         self.top_k = top_k
         self.max_rank = max_rank
+        self.min_relevance = min_relevance
         self._composed: OrderedDict[tuple, LoRAAdapter | None] = OrderedDict()
-        self._index: tuple[int, list[AppliedChunk], BM25Index | None] | None = None
+        self._index: _Index | None = None
+        self._damaged: tuple[int, dict[str, str]] = (-1, {})  # (revision, doc id -> reason)
         self._lock = threading.RLock()
 
-    def prepare(self, query: str | None, task: str | None) -> tuple[LoRAAdapter | None, list[AppliedChunk]]:
-        """The adapter for ``query`` (None: every chunk) and ``task``, and the chunks it holds.
+    def prepare(self, query: str | None, task: str | None) -> Composed:
+        """The adapter for ``query`` (None: every chunk) and ``task``, the chunks it holds, the damaged documents.
 
-        Retries once when a concurrent writer removed a chunk file after the manifest was read.
+        A chunk file that is missing or fails its checksum after the manifest was
+        reread takes its documents out (see the module docstring); one that vanished
+        because a writer replaced the manifest meanwhile is retried with the new one.
 
         Raises:
-            CorruptEntryError: a chunk file fails its checksum.
             NotImplementedError: ``task`` is given but Text-to-LoRA is not available.
         """
-        try:
-            return self._prepare(query, task)
-        except FileNotFoundError:
-            self.collection.refresh(force=True)
-            return self._prepare(query, task)
+        races = 0
+        while True:
+            composed = self._select(query)
+            try:
+                adapter = self._compose([a.chunk for a in composed.applied], task)
+            except _DamagedChunk as exc:
+                if self.collection.refresh() and races < RACE_RETRIES:  # a writer moved on: not damage
+                    races += 1
+                    continue
+                self._mark_damaged(exc.key, str(exc))
+                continue
+            return dataclasses.replace(composed, adapter=adapter)
 
     def clear(self) -> None:
         """Forget the composed adapters."""
         with self._lock:
             self._composed.clear()
 
-    def _prepare(self, query: str | None, task: str | None) -> tuple[LoRAAdapter | None, list[AppliedChunk]]:
-        applied = self._select(query)
-        return self._compose([a.chunk for a in applied], task), applied
-
-    def _select(self, query: str | None) -> list[AppliedChunk]:
+    def _select(self, query: str | None) -> Composed:
         self.collection.refresh()
         with self._lock:
+            index = self._current_index()
+            damaged = dict(self._damaged[1])
+        if index.bm25 is None or query is None:
+            return Composed(None, index.chunks, damaged)
+        routed = [dataclasses.replace(index.chunks[i], score=score, relevance=index.bm25.relevance(query, score))
+                  for i, score in index.bm25.top_k(query, self.top_k)]
+        if self.min_relevance is None:
+            return Composed(None, routed, damaged)
+        kept = [a for a in routed if a.relevance is not None and a.relevance >= self.min_relevance]
+        best = max((a.relevance for a in routed if a.relevance is not None), default=None)
+        return Composed(None, kept, damaged, None if kept else best)
+
+    def _current_index(self) -> _Index:
+        """The routing index of the manifest's revision, without the damaged documents (call under the lock).
+
+        A chunk file found missing because a writer replaced the manifest meanwhile is
+        not damage: the index is rebuilt from the new manifest.
+        """
+        attempt = 0
+        while True:
             revision = self.collection.manifest.revision
-            if self._index is None or self._index[0] != revision:
-                chunks, seen = [], set()
-                for doc in self.collection.documents.values():
-                    for i, chunk in enumerate(doc.chunks):
-                        if chunk.key not in seen:  # a chunk found in several places is applied once
-                            seen.add(chunk.key)
-                            chunks.append(AppliedChunk(doc, i, chunk))
-                index = None
-                if self.top_k is not None:
-                    index = BM25Index([self.collection.read_chunk_text(a.chunk.key) for a in chunks])
-                self._index = (revision, chunks, index)
-            _, chunks, index = self._index
-        if index is None or query is None:
-            return chunks
-        return [dataclasses.replace(chunks[i], score=score) for i, score in index.top_k(query, self.top_k)]
+            if self._damaged[0] != revision:
+                self._damaged = (revision, {})
+            if self._index is not None and self._index.revision == revision:
+                return self._index
+            known = set(self._damaged[1])
+            self._index = self._build_index(revision)
+            found = {d: r for d, r in self._damaged[1].items() if d not in known}
+            if not found or attempt == RACE_RETRIES or not self.collection.refresh():
+                for doc_id, reason in found.items():
+                    self._warn_damaged(doc_id, reason)
+                return self._index
+            attempt += 1
+
+    def _warn_damaged(self, doc_id: str, reason: str) -> None:
+        logger.warning("collection %r: document %r is damaged and left out (%s); re-ingest it or run "
+                       "`lora-memory check --repair`", self.collection.name, doc_id, reason)
+
+    def _build_index(self, revision: int) -> _Index:
+        damaged = self._damaged[1]
+        chunks, texts = [], {}
+        for doc in self.collection.documents.values():
+            if doc.doc_id in damaged:
+                continue
+            try:
+                if self.top_k is not None:  # the router reads every chunk's text from its file's header
+                    for chunk in doc.chunks:
+                        if chunk.key not in texts:
+                            texts[chunk.key] = self.collection.read_chunk_text(chunk.key)
+            except (OSError, CorruptEntryError) as exc:
+                damaged[doc.doc_id] = str(exc)
+                continue
+            chunks.extend(AppliedChunk(doc, i, chunk) for i, chunk in enumerate(doc.chunks))
+        seen: set[str] = set()
+        unique = []
+        for applied in chunks:  # a chunk found in several places is applied once
+            if applied.chunk.key not in seen:
+                seen.add(applied.chunk.key)
+                unique.append(applied)
+        bm25 = BM25Index([texts[a.chunk.key] for a in unique]) if self.top_k is not None else None
+        return _Index(revision, unique, bm25)
+
+    def _mark_damaged(self, key: str, reason: str) -> None:
+        """Leave out every document holding chunk ``key`` until the next revision."""
+        with self._lock:
+            damaged = self._damaged[1]
+            for doc in self.collection.documents.values():
+                if doc.doc_id not in damaged and any(c.key == key for c in doc.chunks):
+                    damaged[doc.doc_id] = reason
+                    self._warn_damaged(doc.doc_id, reason)
+            self._index = None
 
     def _compose(self, chunks: list[ChunkRecord], task: str | None) -> LoRAAdapter | None:
         key = (tuple(c.key for c in chunks), task)
@@ -102,7 +202,7 @@ class Composer:
         adapter = None
         if chunks:
             device = next(self.hypernet.parameters()).device  # compose adds the hypernetwork's bias correction
-            adapter = self.hypernet.compose([self.collection.read_chunk(c, device) for c in chunks])
+            adapter = self.hypernet.compose([self._read(c, device) for c in chunks])
             adapter.metadata.update(hypernet_fingerprint=self.hypernet.fingerprint,
                                     collection=self.collection.name)
             if self.max_rank is not None and adapter.rank > self.max_rank:
@@ -117,6 +217,12 @@ class Composer:
             while len(self._composed) > COMPOSE_CACHE_SIZE:
                 self._composed.popitem(last=False)
         return adapter
+
+    def _read(self, chunk: ChunkRecord, device: object) -> LoRAAdapter:
+        try:
+            return self.collection.read_chunk(chunk, device)
+        except (OSError, CorruptEntryError) as exc:
+            raise _DamagedChunk(chunk.key, str(exc)) from exc
 
 
 def task_adapter(base: BaseModel, description: str) -> LoRAAdapter:

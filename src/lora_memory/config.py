@@ -24,6 +24,7 @@ CONFIG_VERSION = 1
 DEFAULT_CACHE_SIZE_LIMIT = 4 * 2**30  # 4 GiB: ~2,000 chunk adapters of the embedded model (2 MiB each in fp32)
 DEFAULT_INGEST_BATCH_SIZE = 8  # chunks encoded per hypernetwork pass
 DEFAULT_TOP_K = 1  # chunks routed to a question; why: docs/collections.md
+DEFAULT_MIN_RELEVANCE = 0.2  # routing relevance below which a question is answered closed-book; docs/reliability.md
 
 
 class MemoryConfig(SavedConfig):
@@ -51,6 +52,15 @@ class MemoryConfig(SavedConfig):
         "(the second-best chunk already costs accuracy, every chunk of ten documents leaves almost none), "
         "whereas the one routed chunk keeps single-document accuracy at 100 documents and beats every chunk "
         "of a single 4- or 7-chunk document. Without a question (adapter(), export_peft) every chunk is applied."))
+    min_relevance: float | None = Field(DEFAULT_MIN_RELEVANCE, ge=0, description=(
+        "With top_k routing, a chunk is applied only if its relevance to the question "
+        "(lora_memory.routing.BM25Index.relevance: the BM25 score earned by the question's words the chunk "
+        "holds, about 1 when every word is rare and present, near 0 when only common words are) reaches this; "
+        "when no chunk does, the answer is closed-book (Answer.closed_book, no sources). Default 0.2, measured "
+        "in docs/reliability.md (python -m benchmarks.relevance): every eval question about a document in the "
+        "collection scored at least 0.27; unrelated questions scored below 0.2 in 90% of cases at 10 documents "
+        "and all at 100 (a one-document collection cannot tell them apart). None applies the top_k chunks "
+        "whatever they score."))
     max_rank: int | None = Field(None, ge=1, description=(
         "Compress the composed adapter to this rank (SVD); None keeps the full concatenated rank. Off by "
         "default: with top_k=1 the adapter already has the hypernetwork's rank, and compressing two routed "

@@ -2,8 +2,9 @@
 
 Chunks are processed in batches so memory stays bounded by the batch, whatever
 the document's length: each batch's adapters come from the collection (already
-stored), the shared cache, or one hypernetwork pass, and are written to the
-collection's chunk files before the next batch starts. Nothing here touches the
+stored and intact), the shared cache, or one hypernetwork pass, and are written to
+the collection's chunk files before the next batch starts; a stored chunk file that
+is damaged is written again, so re-ingesting a document repairs it. Nothing here touches the
 manifest: the caller commits the returned record, which makes the document
 appear all at once. An interrupted ingest leaves its encoded chunks in the
 shared cache, so running it again resumes where it stopped.
@@ -63,11 +64,13 @@ def _store_batch(batch: list[Chunk], base: BaseModel, hypernet: DocToLoRA, cache
     """Records for ``batch``; chunk files not in ``checksums`` are written and added to it.
 
     Cache hits are written into the collection byte for byte; only misses go
-    through the hypernetwork (and into the cache).
+    through the hypernetwork (and into the cache). A file in ``checksums`` that is
+    damaged is rebuilt the same way.
     """
     dtype = str(base.dtype).removeprefix("torch.")
     keys = [AdapterCache.key(hypernet.fingerprint, base.fingerprint, c.token_ids, dtype) for c in batch]
-    needed = {k: c for k, c in zip(keys, batch) if k not in checksums}  # also drops repeats within the batch
+    needed = {k: c for k, c in zip(keys, batch)  # a dict: also drops repeats within the batch
+              if k not in checksums or collection.chunk_damage(k, checksums[k]) is not None}
     entries = {k: cache.get_entry(k) for k in needed}
     missing = [k for k, e in entries.items() if e is None]
     if missing:

@@ -6,7 +6,10 @@ per batch of chunks, cached by content) and records them in the collection.
 question (one by default, see docs/collections.md; every chunk with ``top_k=None``),
 optionally compresses the result to ``max_rank``, applies it to the frozen base
 model and generates an answer from the question alone: the documents are never
-in the prompt. Every answer says which chunks were applied.
+in the prompt. Every answer says which chunks were applied; when none is relevant
+enough (``min_relevance``) the answer is closed-book and says so. A document whose
+chunk files are damaged is left out of answers and named in them; re-adding it or
+:meth:`LoRAMemory.check` with ``repair=True`` rebuilds it.
 
 Example:
     >>> mem = LoRAMemory.open("notes")  # doctest: +SKIP
@@ -21,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,21 +37,22 @@ from .aio import iterate_in_thread
 from .adapter import LoRAAdapter
 from .base import BaseModel
 from .cache import AdapterCache
+from .check import CheckReport, check_collection, repair_document
 from .collection import Collection, DocumentInfo
-from .composer import Composer
+from .composer import Composed, Composer
 from .config import MemoryConfig
-from .errors import CollectionError
+from .errors import CollectionError, DuplicateDocumentError
 from .generation import GenerationConfig, Messages, encode_chat, generate, stream
 from .hypernet import DocToLoRA
 from .ingest import content_sha256, ingest_document
-from .loaders import LoadedDocument, Source as DocumentSource, load_documents, text_doc_id
+from .loaders import LoadedDocument, Source as DocumentSource, check_doc_id, load_documents, text_doc_id
 from .models import load_models
-from .paths import collections_dir
+from .paths import collection_dir
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_COLLECTION = "default"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+VLLM_MAX_LORA_RANK = 512  # the largest max_lora_rank vLLM serves (its LoRA config allows 1-512)
 
 Question = str | Messages
 
@@ -62,6 +65,9 @@ class Source(PydanticModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     snippet: str = Field(description="The chunk's first characters (at most 200).")
     score: float | None = Field(None, description="The router's score; None when every chunk is applied.")
+    relevance: float | None = Field(None, description="How much of the question the chunk holds "
+                                                      "(lora_memory.routing.BM25Index.relevance); None when "
+                                                      "every chunk is applied.")
 
 
 class Answer(PydanticModel):
@@ -73,7 +79,13 @@ class Answer(PydanticModel):
     timings: dict[str, float] = Field(description="Seconds spent in 'compose', 'generate' and in 'total'.")
     prompt_tokens: int
     completion_tokens: int
-    closed_book: bool = Field(False, description="True when no document was applied (the collection is empty).")
+    closed_book: bool = Field(False, description="True when no document was applied: the collection is empty, "
+                                                 "or no chunk reaches MemoryConfig.min_relevance (sources is "
+                                                 "then empty and closed_book_reason says which).")
+    closed_book_reason: str | None = Field(None, description="Why the answer is closed-book; None when it is not.")
+    damaged: list[str] = Field(default_factory=list, description="Documents left out because a chunk file of "
+                                                                 "theirs is damaged (repair: re-add them, or "
+                                                                 "`lora-memory check --repair`).")
 
 
 class LoRAMemory:
@@ -91,7 +103,7 @@ class LoRAMemory:
         self.hypernet = hypernet
         self.cache = cache
         self.collection = collection
-        self._composer = Composer(collection, base, hypernet, config.top_k, config.max_rank)
+        self._composer = Composer(collection, base, hypernet, config.top_k, config.max_rank, config.min_relevance)
 
     @classmethod
     def open(cls, name: str = DEFAULT_COLLECTION, directory: str | Path | None = None,
@@ -108,18 +120,17 @@ class LoRAMemory:
             hypernet: an already loaded hypernetwork (else loaded from ``config``).
 
         Raises:
-            ValueError: ``name`` is not a valid directory name, or ``config.chunk_tokens``
-                exceeds the hypernetwork's ``max_chunk_tokens``.
+            InvalidNameError: ``name`` is not a valid collection name (a path, ``..``...); a
+                directory is only ever given as ``directory``.
+            ValueError: ``config.chunk_tokens`` exceeds the hypernetwork's ``max_chunk_tokens``.
             ModelNotFoundError: a model cannot be found.
             IncompatibleAdapterError: the collection was built with other models, or the
                 hypernetwork does not fit the base model.
-            CorruptEntryError: the collection's manifest cannot be parsed.
+            CorruptManifestError: the collection's manifest is not a valid manifest.
         """
         config = config or MemoryConfig()
         if directory is None:
-            if not _NAME.match(name):
-                raise ValueError(f"name: collection names use letters, digits, '.', '_' and '-'; got {name!r}")
-            directory = collections_dir() / name
+            directory = collection_dir(name)
         base, hypernet = load_models(config, base, hypernet)
         limit = hypernet.config.max_chunk_tokens
         if config.chunk_tokens is not None and config.chunk_tokens > limit:
@@ -136,7 +147,9 @@ class LoRAMemory:
         """Internalize documents; returns their ids.
 
         Each document is stored all-or-nothing; documents added before an error stay.
-        A document whose id exists is replaced (skipped if unchanged).
+        A document whose id exists is replaced (skipped if unchanged and intact; a
+        damaged one is rebuilt), unless its id comes from a file name and the stored
+        document came from another file: that is refused, never overwritten.
 
         Args:
             source: ``str`` text, a file or directory path, or an iterable of them.
@@ -149,20 +162,29 @@ class LoRAMemory:
         Raises:
             DocumentNotFoundError, EmptyDocumentError, UnsupportedDocumentError: bad input
                 (see :func:`lora_memory.loaders.load_documents`).
+            DuplicateDocumentError: two documents of ``source`` share an id (nothing is added),
+                or a file-named document would replace one from another file.
+            InvalidNameError: ``doc_id`` is not a valid document id.
             IncompatibleAdapterError: another process stamped the collection with other models.
         """
-        return self._ingest(load_documents(source, doc_id=doc_id, metadata=metadata, glob=glob), progress)
+        docs = load_documents(source, doc_id=doc_id, metadata=metadata, glob=glob)
+        return self._ingest(docs, progress, replace_any_source=doc_id is not None)
 
     def add_documents(self, docs: Iterable[tuple[str, str | None, Mapping[str, Any] | None]], *,
                       progress: bool = False) -> list[str]:
         """Internalize ``(text, doc_id or None, metadata or None)`` triples; returns their ids.
 
+        An id given twice is refused when its second document comes (the first stays).
+
         Raises:
             EmptyDocumentError: a text is empty.
+            DuplicateDocumentError: two documents have the same id.
+            InvalidNameError: an id is not a valid document id.
         """
-        loaded = (LoadedDocument(doc_id or text_doc_id(text), text, None, dict(metadata or {}))
+        loaded = (LoadedDocument(check_doc_id(doc_id) if doc_id else text_doc_id(text), text, None,
+                                 dict(metadata or {}))
                   for text, doc_id, metadata in docs)
-        return self._ingest(loaded, progress)
+        return self._ingest(loaded, progress, replace_any_source=True)
 
     def update(self, doc_id: str, source: DocumentSource, metadata: Mapping[str, Any] | None = None) -> str:
         """Replace an existing document's content (and metadata, when given; else it is kept).
@@ -175,7 +197,7 @@ class LoRAMemory:
             old = self.collection.record(doc_id)
             [doc] = load_documents(source, doc_id=doc_id)
             keep = dict(metadata) if metadata is not None else old.metadata
-            self._store(dataclasses.replace(doc, metadata=keep), progress=False)
+            self._store(dataclasses.replace(doc, metadata=keep), progress=False, replace_any_source=True)
         return doc_id
 
     def delete(self, doc_id: str) -> None:
@@ -211,24 +233,41 @@ class LoRAMemory:
             self.collection.check_models(self.base.name, self.base.fingerprint, self.hypernet.fingerprint)
             yield
 
-    def _ingest(self, docs: Iterable[LoadedDocument], progress: bool) -> list[str]:
-        ids = []
+    def _ingest(self, docs: Iterable[LoadedDocument], progress: bool, replace_any_source: bool) -> list[str]:
+        ids: list[str] = []
         with self._writing():
             for doc in docs:
-                self._store(doc, progress)
+                if doc.doc_id in ids:
+                    raise DuplicateDocumentError(f"document id {doc.doc_id!r} is given twice; the second would "
+                                                 "replace the first (the first was added)")
+                self._store(doc, progress, replace_any_source)
                 ids.append(doc.doc_id)
         return ids
 
-    def _store(self, doc: LoadedDocument, progress: bool) -> None:
-        """Ingest and commit one document (inside the writer lock)."""
+    def _store(self, doc: LoadedDocument, progress: bool, replace_any_source: bool) -> None:
+        """Ingest and commit one document (inside the writer lock).
+
+        Raises:
+            DuplicateDocumentError: ``doc`` would replace a document from another file and
+                ``replace_any_source`` is False (its id was not chosen by the caller).
+        """
         chunk_tokens = self.config.chunk_tokens or self.hypernet.config.max_chunk_tokens
         old = self.collection.documents.get(doc.doc_id)
         if old is not None:
-            if (old.content_sha256, old.metadata, old.source, old.chunk_tokens) == (
-                    content_sha256(doc.text), dict(doc.metadata), doc.source, chunk_tokens):
+            if not replace_any_source and None not in (old.source, doc.source) and old.source != doc.source:
+                raise DuplicateDocumentError(
+                    f"document {doc.doc_id!r} already holds {old.source}; {doc.source} would replace it. Remove it "
+                    f"first (lora-memory rm), or give the new one its own id (--id, doc_id=)")
+            unchanged = (old.content_sha256, old.metadata, old.source, old.chunk_tokens) == (
+                content_sha256(doc.text), dict(doc.metadata), doc.source, chunk_tokens)
+            damaged = self.collection.damaged_chunks(old) if unchanged else {}
+            if unchanged and not damaged:
                 logger.info("document %r is unchanged", doc.doc_id)
                 return
-            logger.info("replacing document %r", doc.doc_id)
+            if damaged:
+                logger.warning("document %r: rebuilding %d damaged chunk files", doc.doc_id, len(damaged))
+            else:
+                logger.info("replacing document %r", doc.doc_id)
         record = ingest_document(doc, base=self.base, hypernet=self.hypernet, cache=self.cache,
                                  collection=self.collection, chunk_tokens=chunk_tokens,
                                  batch_size=self.config.ingest_batch_size, progress=progress)
@@ -240,26 +279,63 @@ class LoRAMemory:
     def adapter(self, question: Question | None = None, *, task: str | None = None) -> LoRAAdapter | None:
         """The adapter ``ask`` would apply: every chunk, or (with ``top_k`` and a question) the routed ones.
 
-        None when the collection is empty and no task is given.
+        None when the collection is empty (or nothing is relevant to ``question``) and no task is given.
         """
-        return self._prepare(question, task)[0]
+        return self._prepare(question, task)[0].adapter
 
-    def export_peft(self, directory: str | Path) -> Path:
+    def export_peft(self, directory: str | Path, *, max_servable_rank: int | None = VLLM_MAX_LORA_RANK) -> Path:
         """Write the composed adapter of every chunk (compressed to ``max_rank`` if set) as a PEFT directory.
 
+        Args:
+            directory: where to write it.
+            max_servable_rank: refuse an adapter of a higher rank (default: what vLLM
+                serves); None writes any rank (PEFT itself loads any).
+
         Raises:
-            CollectionError: the collection is empty.
+            CollectionError: the collection is empty, a document is damaged (the export
+                would silently miss it), or the rank exceeds ``max_servable_rank``.
         """
-        adapter = self.adapter()
+        composed = self._composer.prepare(None, None)
+        if composed.damaged:
+            raise CollectionError(f"collection {self.name!r} has damaged documents {sorted(composed.damaged)}; run "
+                                  "`lora-memory check --repair` (or re-add them) before exporting")
+        adapter = composed.adapter
         if adapter is None:
             raise CollectionError(f"collection {self.name!r} is empty: nothing to export")
+        if max_servable_rank is not None and adapter.rank > max_servable_rank:
+            raise CollectionError(
+                f"the exported adapter would have rank {adapter.rank} ({len(composed.applied)} chunks), more than "
+                f"the {max_servable_rank} vLLM serves: compress it with --max-rank {max_servable_rank} "
+                f"(MemoryConfig(max_rank={max_servable_rank})) or lower")
         return adapter.export_peft(directory, base_model_name_or_path=self.base.name)
 
-    def _prepare(self, question: Question | None, task: str | None) -> tuple[LoRAAdapter | None, list[Source]]:
+    def check(self, repair: bool = False) -> CheckReport:
+        """Verify every chunk file of the collection; with ``repair``, rebuild the damaged documents.
+
+        A damaged document is rebuilt from the shared adapter cache, else by re-adding
+        its source file if it still holds the text the manifest records; one neither can
+        rebuild is reported (``repaired`` None), never removed.
+
+        Raises:
+            CorruptManifestError: the manifest is not a valid manifest (nothing can be checked).
+            IncompatibleAdapterError: (``repair``) the collection was built with other models.
+        """
+        if not repair:
+            return check_collection(self.collection)
+        with self._writing():
+            report = check_collection(self.collection)
+            for damaged in report.damaged:
+                damaged.repaired = repair_document(
+                    self.collection, self.cache, damaged,
+                    lambda doc: self._store(doc, progress=False, replace_any_source=True))
+        return report
+
+    def _prepare(self, question: Question | None, task: str | None) -> tuple[Composed, list[Source]]:
         query = None if question is None else _query_text(question)
-        adapter, applied = self._composer.prepare(query, task)
-        return adapter, [Source(doc_id=a.doc.doc_id, chunk_index=a.index, metadata=a.doc.metadata,
-                                snippet=a.chunk.snippet, score=a.score) for a in applied]
+        composed = self._composer.prepare(query, task)
+        return composed, [Source(doc_id=a.doc.doc_id, chunk_index=a.index, metadata=a.doc.metadata,
+                                 snippet=a.chunk.snippet, score=a.score, relevance=a.relevance)
+                          for a in composed.applied]
 
     # ------------------------------------------------------------- asking
     def ask(self, question: Question, *, task: str | None = None, generation: GenerationConfig | None = None,
@@ -275,10 +351,12 @@ class LoRAMemory:
         Raises:
             TypeError: an override is not a generation setting.
             NotImplementedError: ``task`` is given but Text-to-LoRA is not available.
-            CorruptEntryError: a stored chunk adapter fails its checksum.
+            CorruptManifestError: the collection's manifest is not a valid manifest. (A damaged
+                chunk file raises nothing: its document is left out and named in ``damaged``.)
         """
         start = time.perf_counter()
-        adapter, sources = self._prepare(question, task)
+        prepared, sources = self._prepare(question, task)
+        adapter = prepared.adapter
         composed = time.perf_counter()
         out = generate(self.base.model, self.base.tokenizer, question, adapter,
                        _generation_config(generation or self.config.generation, generation_overrides))
@@ -286,7 +364,7 @@ class LoRAMemory:
         return Answer(text=out.text, sources=sources, adapter_rank=_rank(adapter),
                       timings={"compose": composed - start, "generate": done - composed, "total": done - start},
                       prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
-                      closed_book=self._closed_book(sources))
+                      **self._provenance(prepared))
 
     def ask_stream(self, question: Question, *, task: str | None = None, generation: GenerationConfig | None = None,
                    **generation_overrides: Any) -> tuple[Iterator[str], Answer]:
@@ -297,13 +375,14 @@ class LoRAMemory:
         Same arguments and errors as :meth:`ask`.
         """
         start = time.perf_counter()
-        adapter, sources = self._prepare(question, task)
+        prepared, sources = self._prepare(question, task)
+        adapter = prepared.adapter
         config = _generation_config(generation or self.config.generation, generation_overrides)
         composed = time.perf_counter()
         answer = Answer(text="", sources=sources, adapter_rank=_rank(adapter),
                         timings={"compose": composed - start},
                         prompt_tokens=int(encode_chat(self.base.tokenizer, question).shape[1]),
-                        completion_tokens=0, closed_book=self._closed_book(sources))
+                        completion_tokens=0, **self._provenance(prepared))
 
         def pieces() -> Iterator[str]:
             parts = []
@@ -331,11 +410,20 @@ class LoRAMemory:
         async for piece in iterate_in_thread(pieces):
             yield piece
 
-    def _closed_book(self, sources: list[Source]) -> bool:
-        if sources:
-            return False
-        logger.warning("collection %r is empty: answering from the base model alone", self.name)
-        return True
+    def _provenance(self, prepared: Composed) -> dict[str, Any]:
+        """The :class:`Answer` fields that say what answered: closed book (and why), damaged documents left out."""
+        fields: dict[str, Any] = {"damaged": sorted(prepared.damaged)}
+        if prepared.applied:
+            return fields
+        if prepared.best_relevance is not None:
+            reason = (f"no chunk is relevant enough (best relevance {prepared.best_relevance:.2f} < min_relevance "
+                      f"{self.config.min_relevance})")
+        elif prepared.damaged:
+            reason = "every document is damaged"
+        else:
+            reason = f"collection {self.name!r} is empty"
+        logger.warning("%s: answering from the base model alone", reason)
+        return {**fields, "closed_book": True, "closed_book_reason": reason}
 
     # ------------------------------------------------------------- housekeeping
     def close(self) -> None:

@@ -5,10 +5,15 @@ ingest. It is cheap, needs no model, and is exact for the questions that matter
 most to a memory (names, numbers, rare terms). BM25+ is used rather than Okapi
 BM25 because its term weights stay positive in tiny collections (Okapi gives a
 term found in half of two chunks a weight of zero).
+
+:meth:`BM25Index.relevance` turns a chunk's score into how much of the question the
+chunk holds, so a memory can tell a question its documents answer from one they do
+not (``MemoryConfig.min_relevance``, measured in docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -35,6 +40,27 @@ class BM25Index:
         self.size = len(texts)
         docs = [tokenize(t) for t in texts]
         self._bm25 = BM25Plus(docs) if any(docs) else None  # BM25 divides by the mean length
+
+    def relevance(self, query: str, score: float) -> float:
+        """How much of ``query`` a chunk with BM25 score ``score`` holds (0 when it holds none of its words).
+
+        rank_bm25's BM25+ gives every chunk ``delta * idf`` for each query word found
+        anywhere in the collection; what is left is the part earned by the words the
+        chunk holds. It is divided by ``log(size + 1)`` (the idf of a word found in a
+        single chunk) and by the number of query words, so a question whose every word
+        is rare and in the chunk scores about 1, a question sharing only common words
+        with it (``the``, ``is``) scores near 0, and the value means the same at any
+        collection size. Example:
+
+            >>> index = BM25Index(["zebras live on the savanna", "the tower stands in paris"])
+            >>> round(index.relevance("where do zebras live?", index.top_k("where do zebras live?", 1)[0][1]), 2)
+            0.5
+        """
+        words = tokenize(query)
+        if self._bm25 is None or not words:
+            return 0.0
+        baseline = sum((self._bm25.idf.get(w) or 0.0) * self._bm25.delta for w in words)
+        return max(0.0, score - baseline) / (len(words) * math.log(self.size + 1))
 
     def top_k(self, query: str, k: int) -> list[tuple[int, float]]:
         """The ``k`` best (position, score) pairs, best first; ties keep the texts' order."""
