@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -75,9 +76,10 @@ def test_ask_json_shape(cli, notes):
     assert code == 0 and out.count("\n") == 1
     answer = json.loads(out)
     assert set(answer) == {"answer", "sources", "timings", "adapter_rank", "prompt_tokens", "completion_tokens",
-                           "closed_book"}
+                           "closed_book", "closed_book_reason", "damaged"}
     assert [s["doc_id"] for s in answer["sources"]] == ["zebra.md"] and answer["adapter_rank"] == 8
-    assert set(answer["sources"][0]) == {"doc_id", "chunk_index", "metadata", "snippet", "score"}
+    assert set(answer["sources"][0]) == {"doc_id", "chunk_index", "metadata", "snippet", "score", "relevance"}
+    assert answer["closed_book"] is False and answer["damaged"] == []
     assert set(answer["timings"]) == {"compose", "generate", "total"} and answer["completion_tokens"] <= 3
 
 
@@ -133,6 +135,94 @@ def test_errors_are_one_line_on_stderr(cli, args, message):
     assert code == EXIT_ERROR and out == ""
     [line] = [line for line in err.splitlines() if "error" in line]  # other lines: model-loading progress
     assert line.startswith("lora-memory: error: ") and message in line
+
+
+HOSTILE_NAMES = ["../../outside/victim", "/abs/dir", "..", "a/b", "notes\n", ""]
+COMMANDS_WITH_NAMES = {  # every command that takes a collection name, with the rest of its arguments
+    "show": lambda name, notes, out: ("show", name),
+    "rm": lambda name, notes, out: ("rm", "zebra.md", "-c", name),
+    "ask": lambda name, notes, out: ("ask", QUESTION, "-c", name),
+    "ingest": lambda name, notes, out: ("ingest", str(notes), "-c", name),
+    "export": lambda name, notes, out: ("export", "-c", name, str(out)),
+    "check": lambda name, notes, out: ("check", "-c", name),
+}
+
+
+@pytest.fixture
+def victim(cli, notes, tmp_path) -> Path:
+    """A collection outside the home, where ``../../outside/victim`` from the collections directory points."""
+    directory = tmp_path / "outside" / "victim"
+    assert cli("ingest", str(notes), "--directory", str(directory))[0] == 0
+    return directory
+
+
+@pytest.mark.parametrize("command", COMMANDS_WITH_NAMES)
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_collection_names_are_refused_on_every_command(cli, notes, tmp_path, victim, command, name):
+    before = {p: p.read_bytes() for p in victim.rglob("*") if p.is_file()}
+    code, out, err = cli(*COMMANDS_WITH_NAMES[command](name, notes, tmp_path / "peft"))
+    assert code == EXIT_ERROR and out == "" and "error: name: collection names use letters" in err
+    assert {p: p.read_bytes() for p in victim.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "peft").exists()
+
+
+def test_list_marks_a_collection_with_a_corrupt_manifest(cli, notes):
+    cli("ingest", str(notes), "-c", "good")
+    cli("ingest", str(notes), "-c", "bad")
+    manifest = Path(os.environ[HOME_ENV]) / "collections" / "bad" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"documents"', '"documentz"'))
+    code, out, _ = cli("list")
+    assert code == 0 and out.splitlines() == ["bad\tcorrupt manifest (see `lora-memory show` for the error)",
+                                              "good\t1 documents"]
+    code, _, err = cli("show", "bad")
+    assert code == EXIT_ERROR and "not a valid manifest" in err and "documents" in err
+
+
+def test_a_directory_is_opened_only_with_directory(cli, victim, notes):
+    code, out, _ = cli("show", "--directory", str(victim))
+    assert code == 0 and out.startswith("zebra.md\t")
+    assert cli("rm", "zebra.md", "--directory", str(victim)) == (0, "", "")
+    assert cli("show", "--directory", str(victim)) == (0, "", "")
+    with pytest.raises(SystemExit) as info:  # a name and a directory at once: a usage error
+        cli("show", "notes", "--directory", str(victim))
+    assert info.value.code == 2
+
+
+def test_same_name_files_are_refused(cli, tmp_path):
+    paths = []
+    for folder in ("dA", "dB"):
+        (tmp_path / folder).mkdir()
+        paths.append(tmp_path / folder / "notes.txt")
+        paths[-1].write_text(f"Notes of {folder}: the meeting is on a different day.")
+    code, out, err = cli("ingest", *map(str, paths), "-c", "coll")
+    assert code == EXIT_ERROR and out == "" and "'notes.txt'" in err
+    assert cli("show", "coll")[2].startswith("lora-memory: error: no collection")  # nothing was committed
+    code, out, _ = cli("ingest", str(tmp_path), "--glob", "d*/*.txt", "-c", "coll")
+    assert (code, out) == (0, "dA/notes.txt\ndB/notes.txt\n")
+
+
+def test_check_reports_and_repairs(cli, notes):
+    cli("ingest", str(notes), "-c", "notes")
+    assert cli("check", "-c", "notes") == (0, "notes: 1 documents, 1 chunk files, 0 damaged\n", "")
+    [chunk] = (Path(os.environ[HOME_ENV]) / "collections" / "notes" / "adapters").glob("*.safetensors")
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    code, out, _ = cli("check", "-c", "notes")
+    assert code == EXIT_ERROR and "1 damaged" in out and f"zebra.md\tdamaged\t{chunk.name}" in out
+    code, out, _ = cli("check", "-c", "notes", "--repair", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and report["damaged"][0]["repaired"] == "from the adapter cache"
+    assert cli("check", "-c", "notes")[0] == 0
+
+
+def test_export_refuses_ranks_vllm_cannot_serve(cli, tmp_path):
+    long = tmp_path / "long.txt"  # 8 x (chunks + 1) > 512 from 64 chunks of the tiny hypernetwork's 32 tokens
+    long.write_text(" ".join(f"Item {i} of the inventory is a crate of {i * 7} bolts." for i in range(160)))
+    cli("ingest", str(long), "-c", "big")
+    assert json.loads(cli("show", "big", "--json")[1])[0]["n_chunks"] >= 64
+    code, out, err = cli("export", "-c", "big", str(tmp_path / "peft"))
+    assert code == EXIT_ERROR and out == "" and "--max-rank 512" in err and not (tmp_path / "peft").exists()
+    assert cli("export", "-c", "big", str(tmp_path / "peft"), "--max-rank", "512")[0] == 0
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] <= 512  # the tiny model: 64
 
 
 def test_id_with_several_paths_and_missing_document(cli, notes, tmp_path):

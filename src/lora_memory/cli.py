@@ -9,9 +9,14 @@ module adds its own with one line each, e.g.
 ``COMMANDS["train"] = (add_train_arguments, train)``. A handler receives the
 parsed namespace (with the global options) and returns the exit status.
 
+A collection is named with ``-c NAME`` (a name, never a path: it lives under the
+home's ``collections/``); a collection elsewhere is opened only through an explicit
+``--directory DIR``.
+
 Example:
     $ lora-memory ingest notes/ -c work --glob '**/*.md'
     $ lora-memory ask "When is the launch?" -c work --json
+    $ lora-memory check -c work --repair
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .check import check_collection
 from .collection import Collection, list_collections
 from .config import MemoryConfig
-from .errors import LoRAMemoryError
+from .errors import CorruptManifestError, LoRAMemoryError
 from .generation import GenerationConfig
 from .memory import DEFAULT_COLLECTION, LoRAMemory
-from .paths import HOME_ENV, collections_dir
+from .paths import HOME_ENV, collection_dir, collections_dir
 from .training.cli import add_eval_arguments, add_train_arguments, run_eval, run_train
 
 logger = logging.getLogger(__name__)
@@ -55,17 +61,28 @@ def memory_config(args: argparse.Namespace) -> MemoryConfig:
 
 
 def open_memory(args: argparse.Namespace) -> LoRAMemory:
-    """The collection ``-c NAME`` with the models the global options name."""
+    """The collection ``-c NAME`` (or ``--directory DIR``) with the models the global options name."""
+    if args.directory is not None:
+        return LoRAMemory.open(args.directory.name, directory=args.directory, config=memory_config(args))
     return LoRAMemory.open(args.collection, config=memory_config(args))
 
 
-def _add_collection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--collection", default=DEFAULT_COLLECTION, metavar="NAME",
-                        help=f"collection name (default: {DEFAULT_COLLECTION})")
+def existing_collection(args: argparse.Namespace) -> Collection:
+    """The existing collection ``-c NAME`` (or ``--directory DIR``), without loading any model."""
+    return Collection.existing(args.directory if args.directory is not None else collection_dir(args.collection))
 
 
-def _collection_dir(name: str) -> Path:
-    return collections_dir() / name
+def _add_collection(parser: argparse.ArgumentParser, positional: bool = False) -> None:
+    """``-c NAME`` (or a positional ``NAME``) or ``--directory DIR``, one of them."""
+    where = parser.add_mutually_exclusive_group()
+    if positional:
+        where.add_argument("collection", nargs="?", default=DEFAULT_COLLECTION, metavar="NAME",
+                           help=f"collection name (default: {DEFAULT_COLLECTION})")
+    else:
+        where.add_argument("-c", "--collection", default=DEFAULT_COLLECTION, metavar="NAME",
+                           help=f"collection name (default: {DEFAULT_COLLECTION})")
+    where.add_argument("--directory", type=Path, metavar="DIR",
+                       help="a collection directory outside the home (instead of a name)")
 
 
 # ------------------------------------------------------------------ subcommands
@@ -121,25 +138,31 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def list_(args: argparse.Namespace) -> int:
-    """List the collections and how many documents each holds."""
-    rows = [{"name": name, "documents": len(Collection.existing(_collection_dir(name)).documents)}
-            for name in list_collections(collections_dir())]
+    """List the collections and how many documents each holds (a collection with a corrupt manifest is marked)."""
+    rows = []
+    for name in list_collections(collections_dir()):
+        try:
+            rows.append({"name": name, "documents": len(Collection.existing(collections_dir() / name).documents)})
+        except CorruptManifestError as exc:
+            logger.warning("%s", exc)
+            rows.append({"name": name, "documents": None, "error": "corrupt manifest"})
     if args.json:
         print(json.dumps(rows))
     else:
         for row in rows:
-            print(f"{row['name']}\t{row['documents']} documents")
+            print(f"{row['name']}\t" + (f"{row['documents']} documents" if row["documents"] is not None
+                                         else "corrupt manifest (see `lora-memory show` for the error)"))
     return 0
 
 
 def _show_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="collection name")
+    _add_collection(parser, positional=True)
     parser.add_argument("--json", action="store_true", help="print a JSON list")
 
 
 def show(args: argparse.Namespace) -> int:
     """List a collection's documents: id, chunks, tokens, source."""
-    infos = [record.info() for record in Collection.existing(_collection_dir(args.name)).documents.values()]
+    infos = [record.info() for record in existing_collection(args).documents.values()]
     if args.json:
         print(json.dumps([info.model_dump(mode="json") for info in infos]))
     else:
@@ -155,19 +178,40 @@ def _rm_arguments(parser: argparse.ArgumentParser) -> None:
 
 def rm(args: argparse.Namespace) -> int:
     """Remove a document from a collection."""
-    Collection.existing(_collection_dir(args.collection)).remove(args.doc_id)
+    existing_collection(args).remove(args.doc_id)
     return 0
+
+
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_collection(parser)
+    parser.add_argument("--repair", action="store_true", help="rebuild damaged documents (from the adapter cache, "
+                        "else from their source files); loads the models")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+def check(args: argparse.Namespace) -> int:
+    """Verify every chunk file of a collection; exit 1 while a document is damaged (--repair rebuilds them)."""
+    report = open_memory(args).check(repair=True) if args.repair else check_collection(existing_collection(args))
+    if args.json:
+        print(json.dumps({**report.model_dump(mode="json"), "ok": report.ok}))
+    else:
+        print(f"{report.collection}: {report.documents} documents, {report.chunk_files} chunk files, "
+              f"{len(report.damaged)} damaged")
+        for doc in report.damaged:
+            status = f"repaired {doc.repaired}" if doc.repaired else "damaged"
+            print(f"{doc.doc_id}\t{status}\t" + "; ".join(doc.chunks.values()))
+    return 0 if report.ok else EXIT_ERROR
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     _add_collection(parser)
-    parser.add_argument("directory", type=Path, metavar="DIR")
+    parser.add_argument("out", type=Path, metavar="OUT", help="the PEFT directory to write")
     parser.add_argument("--max-rank", type=int, help="compress the exported adapter to this rank")
 
 
 def export(args: argparse.Namespace) -> int:
-    """Export a collection's composed adapter as a PEFT LoRA directory; prints its path."""
-    print(open_memory(args).export_peft(args.directory))
+    """Export a collection's composed adapter as a PEFT LoRA directory (rank at most vLLM's 512); prints its path."""
+    print(open_memory(args).export_peft(args.out))
     return 0
 
 
@@ -189,6 +233,7 @@ COMMANDS: dict[str, tuple[AddArguments, Handler]] = {
     "list": (_list_arguments, list_),
     "show": (_show_arguments, show),
     "rm": (_rm_arguments, rm),
+    "check": (_check_arguments, check),
     "export": (_export_arguments, export),
     "demo": (_no_arguments, demo),
     "train": (add_train_arguments, run_train),
