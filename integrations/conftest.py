@@ -26,7 +26,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing m
 import pytest  # noqa: E402
 
 from lora_memory import Answer, DocumentInfo, GenerationConfig, LoRAMemory, MemoryConfig, Source  # noqa: E402
-from lora_memory.errors import DocumentNotFoundError, EmptyDocumentError  # noqa: E402
+from lora_memory.errors import DocumentNotFoundError, DuplicateDocumentError, EmptyDocumentError  # noqa: E402
 from lora_memory.loaders import text_doc_id  # noqa: E402
 
 
@@ -93,8 +93,10 @@ class FakeMemory:
         return self.add_documents((text, doc_id, dict(metadata or {})) for text in texts)
 
     def add_documents(self, docs: Iterable[tuple[str, str | None, dict]], *, progress: bool = False) -> list[str]:
-        ids = []
+        ids: list[str] = []
         for text, doc_id, metadata in docs:
+            if doc_id is not None and doc_id in ids:
+                raise DuplicateDocumentError(f"document id {doc_id!r} is given twice")
             words = text.split()
             if not words:
                 raise EmptyDocumentError(f"document {doc_id!r} has no text")

@@ -26,6 +26,8 @@ def add_documents(memory: LoRAMemory, documents: Iterable[Document]) -> list[str
 
     Raises:
         lora_memory.errors.EmptyDocumentError: a document has no text.
+        lora_memory.errors.DuplicateDocumentError: two documents have the same ``id`` (those before
+            the second are added; nothing is silently replaced).
     """
     return memory.add_documents((doc.page_content, doc.id, dict(doc.metadata)) for doc in documents)
 

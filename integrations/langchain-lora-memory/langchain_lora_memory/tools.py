@@ -25,7 +25,7 @@ def create_memory_tool(memory: LoRAMemory, name: str, description: str, *, task:
     passages for the agent's LLM to read, the tool returns the memory's answer.
     The tool's content is the answer text; its artifact (``ToolMessage.artifact``)
     is the list of applied chunks (``doc_id``, ``chunk_index``, ``metadata``,
-    ``snippet``, ``score``) for provenance.
+    ``snippet``, ``score``, ``relevance``) for provenance.
 
     Args:
         memory: an open ``lora_memory.LoRAMemory``.

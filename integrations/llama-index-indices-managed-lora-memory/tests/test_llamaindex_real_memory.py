@@ -9,6 +9,7 @@ import pytest
 from llama_index.core.schema import Document
 
 from lora_memory import GenerationConfig, MemoryConfig
+from lora_memory.errors import DuplicateDocumentError, InvalidNameError
 from llama_index.indices.managed.lora_memory import LoRAMemoryIndex, LoRAMemoryLLM
 
 DOCS = [
@@ -71,3 +72,17 @@ def test_embedded_model_answers_through_the_index(embedded_memory):
     assert response.response.strip()
     assert {n.node.ref_doc_id for n in response.source_nodes} == {"bridge", "club"}
     assert 0 < response.metadata["completion_tokens"] <= 8
+
+
+def test_an_id_given_twice_is_refused_and_the_first_kept(tiny_memory):
+    twice = [DOCS[0], Document(text="Another text under the same id.", id_="bridge")]
+    with pytest.raises(DuplicateDocumentError, match="'bridge' is given twice"):
+        LoRAMemoryIndex.from_documents(twice, memory=tiny_memory)
+    [info] = tiny_memory.list()
+    assert info.doc_id == "bridge" and info.metadata == {"topic": "city"}
+
+
+@pytest.mark.parametrize("name", ["../../outside", "/abs/dir", "a/b"])
+def test_a_collection_name_that_is_a_path_is_refused(name):
+    with pytest.raises(InvalidNameError, match="collection names use letters"):
+        LoRAMemoryIndex.from_documents(DOCS, collection=name)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import memory_support
+import pytest
 from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_lora_memory import ChatLoRAMemory, LoRAMemoryLLM, add_documents, create_memory_tool
 from lora_memory import GenerationConfig, MemoryConfig
+from lora_memory.errors import DuplicateDocumentError, InvalidNameError
+from pydantic import ValidationError
 
 DOCS = [Document("The Zorblat bridge in Quenford was painted teal in 1987.", id="bridge", metadata={"topic": "city"}),
         Document("Mira Tesk founded the Quenford chess club.", id="club", metadata={"topic": "people"})]
@@ -53,3 +56,17 @@ def test_from_documents_opens_and_fills_a_collection(tmp_path, tiny_memory):
     assert [info.doc_id for info in chat.memory.list()] == ["bridge", "club"]
     assert chat.collection == "notes"
     assert chat.invoke(QUESTION).usage_metadata["output_tokens"] <= 3
+
+
+def test_an_id_given_twice_is_refused_and_the_first_kept(tiny_memory):
+    twice = [DOCS[0], Document("Another text under the same id.", id="bridge")]
+    with pytest.raises(DuplicateDocumentError, match="'bridge' is given twice"):
+        add_documents(tiny_memory, twice)
+    [info] = tiny_memory.list()
+    assert info.doc_id == "bridge" and info.metadata == {"topic": "city"}
+
+
+@pytest.mark.parametrize("name", ["../../outside", "/abs/dir", "a/b"])
+def test_a_collection_name_that_is_a_path_is_refused(name):
+    with pytest.raises((InvalidNameError, ValidationError), match="collection names use letters"):
+        ChatLoRAMemory(collection=name)

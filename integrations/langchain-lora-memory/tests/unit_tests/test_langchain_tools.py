@@ -32,7 +32,7 @@ def test_tool_call_returns_sources_as_artifact(tool):
     assert message.tool_call_id == "call-1"
     assert message.content == "1 chunks say: Who founded"
     assert message.artifact == [{"doc_id": "club", "chunk_index": 0, "metadata": {"topic": "people"},
-                                 "snippet": "Mira Tesk founded the chess club.", "score": None}]
+                                 "snippet": "Mira Tesk founded the chess club.", "score": None, "relevance": None}]
 
 
 async def test_async_invoke_uses_the_async_api(tool, fake_memory):

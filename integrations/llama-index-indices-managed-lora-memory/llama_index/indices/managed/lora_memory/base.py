@@ -109,8 +109,10 @@ class LoRAMemoryIndex(BaseManagedIndex):
         Raises:
             ValueError: ``transformations`` are given, or ``config`` fields are given
                 together with an already open ``memory``.
-            lora_memory.errors.LoRAMemoryError: a document is empty or the memory
-                cannot be opened (nothing already stored is lost).
+            lora_memory.errors.LoRAMemoryError: a document is empty, two documents share
+                an ``id_`` (``DuplicateDocumentError``: never a silent replacement), the
+                collection name is a path (``InvalidNameError``: pass ``directory``), or
+                the memory cannot be opened (nothing already stored is lost).
         """
         if transformations:
             raise ValueError("LoRAMemoryIndex chunks by base-model tokens; LlamaIndex transformations do not "
