@@ -32,6 +32,7 @@ from .errors import LoRAMemoryError
 from .generation import GenerationConfig
 from .memory import DEFAULT_COLLECTION, LoRAMemory
 from .paths import HOME_ENV, collections_dir
+from .serve_command import add_serve_arguments, run_serve
 from .training.cli import add_eval_arguments, add_train_arguments, run_eval, run_train
 
 logger = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ COMMANDS: dict[str, tuple[AddArguments, Handler]] = {
     "demo": (_no_arguments, demo),
     "train": (add_train_arguments, run_train),
     "eval": (add_eval_arguments, run_eval),
+    "serve": (add_serve_arguments, run_serve),
 }
 
 

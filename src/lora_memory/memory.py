@@ -255,6 +255,14 @@ class LoRAMemory:
             raise CollectionError(f"collection {self.name!r} is empty: nothing to export")
         return adapter.export_peft(directory, base_model_name_or_path=self.base.name)
 
+    def prepare(self, question: Question | None, *, task: str | None = None) -> tuple[LoRAAdapter | None, list[Source]]:
+        """The adapter :meth:`ask` would apply to ``question`` and the chunks it holds, without generating.
+
+        For callers that decode themselves, e.g. the batching server (:mod:`lora_memory.scheduler`).
+        Same errors as :meth:`ask`.
+        """
+        return self._prepare(question, task)
+
     def _prepare(self, question: Question | None, task: str | None) -> tuple[LoRAAdapter | None, list[Source]]:
         query = None if question is None else _query_text(question)
         adapter, applied = self._composer.prepare(query, task)

@@ -37,17 +37,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .adapter import LoRAAdapter
 from .apply import check_compatible
 from .decoding import DecodeBatch, TextTracker, eos_token_ids, sample_next
-from .errors import LoRAMemoryError
+from .errors import SchedulerClosedError
 from .generation import GenerationConfig
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 16  # rows decoded together; measured in docs/benchmarks.md (section 6)
 FinishReason = Literal["stop", "length", "cancelled"]
-
-
-class SchedulerClosedError(LoRAMemoryError):
-    """The scheduler no longer takes requests (it is shutting down)."""
 
 
 @dataclass
