@@ -164,11 +164,19 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     _add_collection(parser)
     parser.add_argument("directory", type=Path, metavar="DIR")
     parser.add_argument("--max-rank", type=int, help="compress the exported adapter to this rank")
+    parser.add_argument("--for", dest="target", choices=["peft", "vllm"], default="peft",
+                        help="vllm: rank zero-padded to one vLLM serves, scaling folded in (default: peft)")
 
 
 def export(args: argparse.Namespace) -> int:
     """Export a collection's composed adapter as a PEFT LoRA directory; prints its path."""
-    print(open_memory(args).export_peft(args.directory))
+    memory = open_memory(args)
+    if args.target == "vllm":
+        from .vllm_export import export_memory_vllm
+
+        print(export_memory_vllm(memory, args.directory))
+        return 0
+    print(memory.export_peft(args.directory))
     return 0
 
 
