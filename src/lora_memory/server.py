@@ -28,7 +28,8 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
@@ -39,10 +40,12 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .config import MemoryConfig
 from .errors import (CorruptEntryError, DocumentNotFoundError, LoRAMemoryError, SchedulerClosedError,
                      UnknownCollectionError, UnsupportedRequestError)
 from .openai_schema import ChatCompletionRequest, CompletionRequest, DocumentText, error_body
 from .serve_command import API_KEY_ENV
+from .scheduler import DEFAULT_MAX_BATCH_SIZE, Scheduler
 from .service import MemoryService
 
 logger = logging.getLogger(__name__)
@@ -345,3 +348,26 @@ def serve(service: MemoryService, host: str = DEFAULT_HOST, port: int = DEFAULT_
     logger.info("serving %d models on http://%s:%d", len(service.models()), host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off",
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+
+
+@contextmanager
+def local_server(config: MemoryConfig | None = None, api_key: str | None = None,
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> Iterator[str]:
+    """Load the models and serve every collection from this process on 127.0.0.1 (a free port).
+
+    Yields the OpenAI base URL, ``http://127.0.0.1:PORT/v1``; the server stops (after
+    finishing its requests) when the block ends. What the examples use when no
+    ``lora-memory serve`` is running.
+    """
+    from .models import load_models
+
+    config = config or MemoryConfig()
+    base, hypernet = load_models(config)
+    scheduler = Scheduler(base.model, base.tokenizer, max_batch_size=max_batch_size)
+    service = MemoryService(config, base, hypernet, scheduler)
+    try:
+        with BackgroundServer(create_app(service, api_key)) as server:
+            yield f"{server.url}/v1"
+    finally:
+        scheduler.close()
+        service.close()
