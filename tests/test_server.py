@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lora_memory import paths
+from lora_memory.cli import main
 from lora_memory.config import MemoryConfig
 from lora_memory.generation import GenerationConfig, generate
 from lora_memory.scheduler import Scheduler
@@ -169,6 +170,12 @@ def test_binding_beyond_loopback_needs_a_key(service):
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
     with pytest.raises(ValueError, match="API key"):
         serve(service, host="0.0.0.0", port=1)
+
+
+def test_cli_serve_refuses_a_public_address_without_a_key(monkeypatch, capsys):
+    monkeypatch.delenv("LORA_MEMORY_API_KEY", raising=False)
+    assert main(["serve", "--host", "0.0.0.0"]) == 1
+    assert "needs an API key" in capsys.readouterr().err
 
 
 def test_uploads_over_the_limit_are_refused_before_ingest(client, monkeypatch, service):

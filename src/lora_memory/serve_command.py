@@ -37,7 +37,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """Serve every collection with the OpenAI API (chat and text completions, streaming) and manage documents."""
     try:
-        from .server import serve
+        from .server import check_binding, serve
     except ModuleNotFoundError as exc:
         raise LoRAMemoryError(f"lora-memory serve needs FastAPI and uvicorn: {SERVE_INSTALL}") from exc
     from .cli import memory_config
@@ -47,12 +47,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise ValueError("--max-upload-mb must be positive")
+    api_key = args.api_key or os.environ.get(API_KEY_ENV)
+    check_binding(args.host, api_key)  # before loading the models
     config = memory_config(args)
     base, hypernet = load_models(config)
     scheduler = Scheduler(base.model, base.tokenizer, max_batch_size=args.max_batch_size)
     service = MemoryService(config, base, hypernet, scheduler)
     try:
-        serve(service, host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV),
+        serve(service, host=args.host, port=args.port, api_key=api_key,
               max_upload_bytes=int(args.max_upload_mb * 2**20))
     finally:
         scheduler.close(drain=True)

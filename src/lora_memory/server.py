@@ -335,6 +335,16 @@ class BackgroundServer:
         self._thread.join()
 
 
+def check_binding(host: str, api_key: str | None) -> None:
+    """Raise unless ``host`` is loopback or an API key is set.
+
+    Raises:
+        ValueError: ``host`` is reachable from other machines and no API key is set.
+    """
+    if not api_key and not is_loopback(host):
+        raise ValueError(f"binding to {host} needs an API key: pass --api-key or set ${API_KEY_ENV}")
+
+
 def serve(service: MemoryService, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, api_key: str | None = None,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM finish the requests in flight first).
@@ -342,8 +352,7 @@ def serve(service: MemoryService, host: str = DEFAULT_HOST, port: int = DEFAULT_
     Raises:
         ValueError: ``host`` is not a loopback address and no API key is set.
     """
-    if not api_key and not is_loopback(host):
-        raise ValueError(f"binding to {host} needs an API key: pass --api-key or set ${API_KEY_ENV}")
+    check_binding(host, api_key)
     app = create_app(service, api_key, max_upload_bytes)
     logger.info("serving %d models on http://%s:%d", len(service.models()), host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off",
