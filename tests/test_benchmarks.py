@@ -77,6 +77,7 @@ def test_only_keeps_the_other_sections_of_a_same_mode_report(benchmarks_on_path,
 
 
 @pytest.mark.slow
+@pytest.mark.allow_hosts(["127.0.0.1"])  # the serving benchmark's servers and clients talk over loopback
 def test_smoke_run_writes_report_json_and_plots(benchmarks_on_path, tmp_path):
     from benchmarks import run
 
