@@ -11,5 +11,7 @@ Each benchmark is one module with a ``run(ctx) -> Section`` function:
 - :mod:`benchmarks.footprint`: adapter bytes vs KV-cache bytes, and each
   variant's peak RSS measured in its own process (:mod:`benchmarks.rss_probe`);
 - :mod:`benchmarks.accuracy`: needle-in-a-haystack and fictional-fact QA;
-- :mod:`benchmarks.cache_reuse`: re-ingesting a known document vs a first ingest.
+- :mod:`benchmarks.cache_reuse`: re-ingesting a known document vs a first ingest;
+- :mod:`benchmarks.serving_load`: ``lora-memory serve`` under 1-16 concurrent clients,
+  batched decoding vs the serialized path.
 """

@@ -62,6 +62,11 @@ class BenchSettings(PydanticModel):
     distill_steps: int = Field(5, ge=1, description="Context-distillation steps actually timed.")
     distill_reference_steps: int = Field(300, ge=1, description="Steps of the reference's per-document baseline.")
     rag_top_k: int = Field(3, ge=1, description="Chunks RAG puts into the prompt.")
+    serve_clients: list[int] = Field(default_factory=lambda: [1, 4, 8, 16], description="Concurrent clients "
+                                     "of the serving load benchmark.")
+    serve_min_requests: int = Field(8, ge=1, description="Requests per level: max(this, 2 x clients).")
+    serve_max_tokens: int = Field(32, ge=1, description="max_tokens of every served request.")
+    serve_level_time_s: float = Field(180.0, gt=0, description="No new request after this long at one level.")
     seed: int = 20240
 
     @classmethod
@@ -73,7 +78,8 @@ class BenchSettings(PydanticModel):
             "smoke": dict(runs=1, warmup=0, threads=1, ingest_lengths=[64, 300], answer_lengths=[128],
                           footprint_lengths=[256, 1024], rss_lengths=[128], rss_workers=4, needle_lengths=[64],
                           needle_depths=[0.5], facts_documents=1, facts_questions=1, cache_lengths=[300],
-                          max_new_tokens=4, accuracy_max_new_tokens=4, distill_steps=1),
+                          max_new_tokens=4, accuracy_max_new_tokens=4, distill_steps=1, serve_clients=[1, 2],
+                          serve_min_requests=2, serve_max_tokens=4, serve_level_time_s=30.0),
         }
         values = {"mode": mode, **presets[mode]}
         if threads is not None:

@@ -32,7 +32,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from . import accuracy, answer_latency, cache_reuse, footprint, ingest_cost  # noqa: E402
+from . import accuracy, answer_latency, cache_reuse, footprint, ingest_cost, serving_load  # noqa: E402
 from .common import (BenchSettings, Context, Section, Target, load_average, load_context, machine_info,
                      md_table)  # noqa: E402
 
@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, Callable[[Context, Path], Section]] = {
     "memory": footprint.run,
     "accuracy": accuracy.run,
     "cache": cache_reuse.run,
+    "serving": serving_load.run,
 }
 
 

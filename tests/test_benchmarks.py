@@ -77,20 +77,22 @@ def test_only_keeps_the_other_sections_of_a_same_mode_report(benchmarks_on_path,
 
 
 @pytest.mark.slow
+@pytest.mark.allow_hosts(["127.0.0.1"])  # the serving benchmark's servers and clients talk over loopback
 def test_smoke_run_writes_report_json_and_plots(benchmarks_on_path, tmp_path):
     from benchmarks import run
 
     assert run.main(["--smoke", "--out", str(tmp_path)]) == 0
 
     report = (tmp_path / "benchmarks.md").read_text()
-    for title in ("1. Internalization cost", "2. Answer latency", "3. Memory", "4. Accuracy", "5. Cache"):
+    for title in ("1. Internalization cost", "2. Answer latency", "3. Memory", "4. Accuracy", "5. Cache",
+                  "6. Serving"):
         assert f"## {title}" in report
     figures = re.findall(r"!\[[^\]]*\]\((img/[^)]+\.png)\)", report)
-    assert len(figures) == 6
+    assert len(figures) == 7
     for figure in figures:
         assert (tmp_path / figure).read_bytes()[:8] == PNG_MAGIC
     targets = [line for line in report.splitlines() if re.search(r"\| (PASS|\*\*MISS\*\*|n/a) \|", line)]
-    assert len(targets) == 5, targets
+    assert len(targets) == 9, targets
     assert "extrapolated" in report and "(match)" in report
 
     data = json.loads((tmp_path / "benchmarks.json").read_text())

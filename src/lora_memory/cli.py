@@ -38,6 +38,7 @@ from .errors import CorruptManifestError, LoRAMemoryError
 from .generation import GenerationConfig
 from .memory import DEFAULT_COLLECTION, LoRAMemory
 from .paths import HOME_ENV, collection_dir, collections_dir
+from .serve_command import add_serve_arguments, run_serve
 from .training.cli import add_eval_arguments, add_train_arguments, run_eval, run_train
 
 logger = logging.getLogger(__name__)
@@ -207,11 +208,19 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     _add_collection(parser)
     parser.add_argument("out", type=Path, metavar="OUT", help="the PEFT directory to write")
     parser.add_argument("--max-rank", type=int, help="compress the exported adapter to this rank")
+    parser.add_argument("--for", dest="target", choices=["peft", "vllm"], default="peft",
+                        help="vllm: rank zero-padded to one vLLM serves, scaling folded in (default: peft)")
 
 
 def export(args: argparse.Namespace) -> int:
     """Export a collection's composed adapter as a PEFT LoRA directory (rank at most vLLM's 512); prints its path."""
-    print(open_memory(args).export_peft(args.out))
+    memory = open_memory(args)
+    if args.target == "vllm":
+        from .vllm_export import export_memory_vllm
+
+        print(export_memory_vllm(memory, args.out))
+        return 0
+    print(memory.export_peft(args.out))
     return 0
 
 
@@ -238,6 +247,7 @@ COMMANDS: dict[str, tuple[AddArguments, Handler]] = {
     "demo": (_no_arguments, demo),
     "train": (add_train_arguments, run_train),
     "eval": (add_eval_arguments, run_eval),
+    "serve": (add_serve_arguments, run_serve),
 }
 
 

@@ -55,3 +55,22 @@ class InvalidNameError(LoRAMemoryError, ValueError):
 
 class CollectionError(LoRAMemoryError):
     """A collection cannot be opened, locked or written."""
+
+
+class UnknownCollectionError(CollectionError, KeyError):
+    """A collection (or a served model name) does not exist."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedRequestError(LoRAMemoryError, ValueError):
+    """A request asks for something the server does not do (``n > 1``, tool calls, ...); ``param`` names the field."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class SchedulerClosedError(LoRAMemoryError):
+    """The decoding scheduler no longer takes requests (it is shutting down)."""

@@ -330,6 +330,15 @@ class LoRAMemory:
                     lambda doc: self._store(doc, progress=False, replace_any_source=True))
         return report
 
+    def prepare(self, question: Question | None, *, task: str | None = None) -> tuple[LoRAAdapter | None, list[Source]]:
+        """The adapter :meth:`ask` would apply to ``question`` and the chunks it holds, without generating.
+
+        For callers that decode themselves, e.g. the batching server (:mod:`lora_memory.scheduler`).
+        Same errors as :meth:`ask`.
+        """
+        composed, sources = self._prepare(question, task)
+        return composed.adapter, sources
+
     def _prepare(self, question: Question | None, task: str | None) -> tuple[Composed, list[Source]]:
         query = None if question is None else _query_text(question)
         composed = self._composer.prepare(query, task)
