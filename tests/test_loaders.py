@@ -294,3 +294,41 @@ def test_invalid_doc_ids_raise(bad):
     with pytest.raises(InvalidNameError):
         check_doc_id(bad)
     assert check_doc_id("notes/2024 plan.md") == "notes/2024 plan.md"
+
+
+@pytest.fixture
+def linked(tmp_path) -> Path:
+    """A directory with one real file, links inside it and out of it (to ``/``, a file, a folder), and a link loop."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "real.txt").write_text("Inside the root.")
+    (outside / "secret.txt").write_text("Outside the root.")
+    (root / "inner-link.txt").symlink_to(root / "real.txt")
+    (root / "secret-link.txt").symlink_to(outside / "secret.txt")
+    (root / "sub" / "everything").symlink_to("/")
+    (root / "sub" / "out-folder").symlink_to(outside, target_is_directory=True)
+    (root / "loop.txt").symlink_to(root / "loop.txt")
+    return root
+
+
+@pytest.mark.parametrize("glob", ["**/*", "*", "sub/*/*", "sub/*/*.txt"])
+def test_symlinks_out_of_the_directory_are_not_followed(linked, glob, caplog):
+    with caplog.at_level(logging.WARNING, logger="lora_memory.loaders"):
+        try:
+            docs = list(load_documents(linked, glob=glob))
+        except EmptyDocumentError:
+            docs = []
+    texts = [d.text for d in docs]
+    assert "Outside the root." not in texts
+    assert all(Path(d.source).resolve().is_relative_to(linked.resolve()) for d in docs)
+    if glob in ("**/*", "*"):
+        assert sorted(d.doc_id for d in docs) == ["inner-link.txt", "real.txt"]  # a link inside the root is read
+        assert "secret-link.txt: it is a symbolic link to" in caplog.text and "not followed" in caplog.text
+    else:
+        assert docs == [] and "out-folder/secret.txt" in caplog.text
+
+
+def test_a_symlink_given_by_name_is_read(linked):
+    [doc] = load_documents(linked / "secret-link.txt")  # named explicitly: the user chose its target
+    assert doc.text == "Outside the root."

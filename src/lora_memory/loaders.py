@@ -12,7 +12,9 @@ in, or ``text-<sha256 prefix>`` for raw text. Every id of a source is known befo
 any file is read, and two documents of one source with the same id (``dA/notes.txt``
 and ``dB/notes.txt`` given as files) raise :class:`~lora_memory.errors.DuplicateDocumentError`
 before anything is loaded. A file inside a directory whose name is not valid UTF-8
-(or holds control characters) is skipped with a warning, like an unreadable file.
+(or holds control characters) is skipped with a warning, like an unreadable file, and so
+is a symbolic link (of a file or of a folder on its way) that leads out of the directory:
+an ingest never reads outside the root it was given.
 
 Example:
     >>> [doc] = load_documents("Paris is the capital of France.")
@@ -209,6 +211,7 @@ def _plan_directory(root: Path, glob: str) -> list[_Planned]:
         EmptyDocumentError: no file matches.
     """
     planned = []
+    real_root = root.resolve()
     for path in sorted(root.glob(glob)):
         rel = path.relative_to(root)
         if not path.is_file() or any(part.startswith(".") for part in rel.parts):
@@ -216,10 +219,23 @@ def _plan_directory(root: Path, glob: str) -> list[_Planned]:
         if (problem := _name_problem(str(path.absolute()))) is not None:
             logger.warning("skipping %r: its name %s", str(path), problem)
             continue
+        if (problem := _outside_problem(path, real_root)) is not None:
+            logger.warning("skipping %s: %s", path, problem)
+            continue
         planned.append(_Planned(rel.as_posix(), path=path))
     if not planned:
         raise EmptyDocumentError(f"no readable document in {root} matches {glob!r}")
     return planned
+
+
+def _outside_problem(path: Path, real_root: Path) -> str | None:
+    """Why the file ``path`` (found in the directory ``real_root``, resolved) is not read: it is, or lies under, a
+    symbolic link that leads out of the root; None when it stays inside."""
+    target = path.resolve()
+    if target.is_relative_to(real_root):
+        return None
+    return (f"it is a symbolic link to {target}, outside {real_root} (links out of an ingested directory are not "
+            "followed; pass the target itself to ingest it)")
 
 
 def load_file(path: str | os.PathLike[str]) -> str:
