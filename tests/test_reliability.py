@@ -23,6 +23,7 @@ from typing import Any
 import diskcache
 import pytest
 import torch
+from filelock import FileLock
 
 from lora_memory import LoRAMemory, MemoryConfig
 from lora_memory.cache import AdapterCache
@@ -325,3 +326,34 @@ def test_export_refuses_an_unservable_rank(two_documents, tmp_path):
         two_documents.export_peft(tmp_path / "peft", max_servable_rank=8)
     assert not (tmp_path / "peft").exists()
     assert two_documents.export_peft(tmp_path / "peft", max_servable_rank=None).is_dir()
+
+
+# ------------------------------------------------------------------ 9. writer lock, leftover temporary files
+def test_a_writer_says_it_waits_for_the_lock_and_times_out(open_memory, caplog):
+    memory = open_memory(lock_timeout_s=0.3)
+    memory.add(ZEBRA, doc_id="zebra")
+    other = FileLock(str(memory.collection.directory / ".lock"))  # another writer: its own open file, its own lock
+    with other:
+        with caplog.at_level(logging.WARNING, logger="lora_memory.collection"):
+            with pytest.raises(CollectionError, match=r"stayed locked by another writer for 0.3 s.*nothing was "
+                                                      r"changed.*lock_timeout_s"):
+                memory.add(ETNA, doc_id="etna")
+        assert "being written by another process: waiting up to 0.3 s" in caplog.text
+        with pytest.raises(CollectionError, match="stayed locked"):
+            memory.delete("zebra")
+    assert [d.doc_id for d in open_memory().list()] == ["zebra"]
+    assert memory.add(ETNA, doc_id="etna") == ["etna"]  # the lock released: writing works again
+    assert MemoryConfig().lock_timeout_s == 600 and MemoryConfig(lock_timeout_s=None).lock_timeout_s is None
+
+
+def test_a_killed_manifest_write_leaves_no_temporary_file_after_the_next_commit(open_memory):
+    memory = open_memory()
+    memory.add(ZEBRA, doc_id="zebra")
+    directory = memory.collection.directory
+    left = [directory / f"{MANIFEST_NAME}.k1ll3d.tmp", directory / ADAPTERS_DIR / "abc.safetensors.x.tmp"]
+    for path in left:  # what a writer killed between mkstemp and os.replace leaves
+        path.write_bytes(b'{"half": ')
+    assert Collection(directory).documents.keys() == {"zebra"}  # readers ignore them
+    memory.add(ETNA, doc_id="etna")
+    assert not any(path.exists() for path in left)
+    assert sorted(p.name for p in directory.iterdir()) == [".lock", ADAPTERS_DIR, MANIFEST_NAME]

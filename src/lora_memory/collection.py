@@ -6,14 +6,17 @@ Layout of a collection directory::
                              metadata, source, added_at; the models' fingerprints; a revision
     adapters/<key>.safetensors   one file per distinct chunk: the adapter and the chunk's text
     .lock                    held by a writer for the whole of an add/update/delete
+    manifest.json.*.tmp      a manifest being written (left only by a killed writer; removed by the next one)
 
 The collection keeps its own copy of every chunk adapter (content-addressed by
 the same key as the shared cache), so it survives cache eviction. ``manifest.json``
 is the commit point: it is replaced atomically after a document's chunk files
 are written, so a crash leaves the document either fully present or absent.
-Chunk files no manifest entry refers to (left by a crash, or by a delete) are
-swept when the next writer takes the lock. Readers take no lock: they reload the
-manifest when its file changes.
+Chunk files no manifest entry refers to (left by a crash, or by a delete), and
+temporary files a killed writer left, are swept when the next writer takes the lock
+and after every commit. A writer waits for another's lock at most ``lock_timeout_s``
+seconds, saying so (a warning) when it starts waiting. Readers take no lock: they
+reload the manifest when its file changes.
 
 The manifest is parsed strictly: a missing, unknown or mistyped key, a chunk key
 that is not 64 hex digits, or an id that disagrees with its entry raises
@@ -36,6 +39,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .adapter import LoRAAdapter
+from .config import DEFAULT_LOCK_TIMEOUT_S
 from .errors import (CollectionError, CorruptEntryError, CorruptManifestError, DocumentNotFoundError,
                      IncompatibleAdapterError)
 from .storage import (CHUNK_TEXT_KEY, TMP_SUFFIX, adapter_from_bytes, atomic_write, atomic_write_many,
@@ -135,14 +139,17 @@ class Collection:
     Args:
         directory: the collection directory (created on first write).
         name: recorded in the manifest of a new collection.
+        lock_timeout_s: how long :meth:`locked` waits for another writer (None: for ever).
 
     Raises:
         CorruptManifestError: ``manifest.json`` exists but is not a valid manifest.
     """
 
-    def __init__(self, directory: str | Path, name: str | None = None):
+    def __init__(self, directory: str | Path, name: str | None = None,
+                 lock_timeout_s: float | None = DEFAULT_LOCK_TIMEOUT_S):
         self.directory = Path(directory)
         self.name = name or self.directory.name
+        self.lock_timeout_s = lock_timeout_s
         self._lock = FileLock(str(self.directory / LOCK_NAME))  # touches the disk only when acquired
         self._stat: tuple[int, int, int] | None = None
         self.manifest = Manifest.new(self.name)
@@ -292,7 +299,8 @@ class Collection:
         """Hold the collection's writer lock (across processes); reload the manifest and sweep orphans first.
 
         Raises:
-            CollectionError: the directory cannot be created.
+            CollectionError: the directory cannot be created, or another writer held the lock
+                for ``lock_timeout_s`` seconds.
         """
         try:
             (self.directory / ADAPTERS_DIR).mkdir(parents=True, exist_ok=True)
@@ -301,8 +309,16 @@ class Collection:
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
-            logger.info("waiting for another writer of collection %r to finish", self.name)
-            self._lock.acquire()
+            limit = "for ever" if self.lock_timeout_s is None else f"up to {self.lock_timeout_s:g} s"
+            logger.warning("collection %r is being written by another process: waiting %s for it to finish "
+                           "(MemoryConfig.lock_timeout_s)", self.name, limit)
+            try:
+                self._lock.acquire(timeout=-1 if self.lock_timeout_s is None else self.lock_timeout_s)
+            except Timeout as exc:
+                raise CollectionError(
+                    f"collection {self.name!r} stayed locked by another writer for {self.lock_timeout_s:g} s "
+                    f"({self._lock.lock_file}); nothing was changed. Retry when it has finished, or raise "
+                    "MemoryConfig.lock_timeout_s") from exc
         try:
             self.refresh(force=True)  # a writer must never build on a stale manifest
             if self._lock.lock_counter == 1:  # the outermost holder: nobody is mid-write
@@ -355,15 +371,27 @@ class Collection:
             self.commit(remove=doc_id)
 
     def _sweep(self) -> None:
-        """Delete chunk files the manifest does not refer to, and leftover temporary files."""
+        """Delete chunk files the manifest does not refer to, and leftover temporary files (chunks', manifest's)."""
         keep = {f"{key}{CHUNK_SUFFIX}" for key in self.chunk_checksums()}
         removed = 0
         for path in (self.directory / ADAPTERS_DIR).iterdir():
             if path.name not in keep and (path.suffix == CHUNK_SUFFIX or path.name.endswith(TMP_SUFFIX)):
                 path.unlink(missing_ok=True)
                 removed += 1
+        for path in self.directory.glob(f"{MANIFEST_NAME}.*{TMP_SUFFIX}"):  # atomic_write's names for the manifest
+            path.unlink(missing_ok=True)
+            removed += 1
         if removed:
             logger.debug("collection %r: removed %d unreferenced files", self.name, removed)
+
+
+def chunk_keys_in_use(root: str | Path) -> set[str]:
+    """The chunk keys of every collection under ``root`` (what :meth:`AdapterCache.prune` must keep).
+
+    Raises:
+        CorruptManifestError: a collection's manifest is not a valid manifest (its keys are unknown).
+    """
+    return {key for name in list_collections(root) for key in Collection(Path(root) / name).chunk_checksums()}
 
 
 def list_collections(root: str | Path) -> list[str]:

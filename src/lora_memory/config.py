@@ -24,6 +24,7 @@ CONFIG_VERSION = 1
 DEFAULT_CACHE_SIZE_LIMIT = 4 * 2**30  # 4 GiB: ~2,000 chunk adapters of the embedded model (2 MiB each in fp32)
 DEFAULT_INGEST_BATCH_SIZE = 8  # chunks encoded per hypernetwork pass
 DEFAULT_TOP_K = 1  # chunks routed to a question; why: docs/collections.md
+DEFAULT_LOCK_TIMEOUT_S = 600.0  # a writer waiting longer than this for another one's lock gives up
 DEFAULT_MIN_RELEVANCE = 0.2  # routing relevance below which a question is answered closed-book; docs/reliability.md
 
 
@@ -66,6 +67,10 @@ class MemoryConfig(SavedConfig):
         "default: with top_k=1 the adapter already has the hypernetwork's rank, and compressing two routed "
         "chunks to rank 16 changed accuracy by nothing measurable (docs/collections.md). Set it to bound the "
         "adapter's bytes when top_k is large or None."))
+    lock_timeout_s: float | None = Field(DEFAULT_LOCK_TIMEOUT_S, gt=0, description=(
+        "Seconds a writer (add, update, delete, check --repair) waits for another process's writer lock on the "
+        "collection before failing with CollectionError (a warning says when it starts waiting); None waits "
+        "for ever."))
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding defaults.")
     config_version: int = Field(CONFIG_VERSION, description="Version of this schema that wrote the config.")
 

@@ -136,7 +136,7 @@ class LoRAMemory:
         if config.chunk_tokens is not None and config.chunk_tokens > limit:
             raise ValueError(f"chunk_tokens ({config.chunk_tokens}) exceeds the hypernetwork's "
                              f"max_chunk_tokens ({limit})")
-        collection = Collection(directory, name)
+        collection = Collection(directory, name, lock_timeout_s=config.lock_timeout_s)
         collection.check_models(base.name, base.fingerprint, hypernet.fingerprint)
         cache = AdapterCache(config.cache_dir, config.cache_size_limit_bytes)
         return cls(name, collection, config, base, hypernet, cache)
