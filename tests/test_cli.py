@@ -271,3 +271,52 @@ def test_registered_commands_run_and_interrupts_exit_130(monkeypatch, capsys):
     assert capsys.readouterr().out == "trained 3 on embedded\n"
     assert main(["train", "--steps", "-1"]) == EXIT_INTERRUPTED
     assert "interrupted" in capsys.readouterr().err
+
+
+ETNA = "Mount Etna is an active volcano in Sicily. Its eruptions have been recorded for three thousand years."
+
+
+def _files_holding(directory: Path, text: str) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+def test_cache_prune_drops_removed_text_and_clear_drops_all(cli, notes, tmp_path):
+    etna = tmp_path / "etna.md"
+    etna.write_text(ETNA)
+    assert cli("ingest", str(notes), "-c", "keep")[0] == 0
+    assert cli("ingest", str(etna), "-c", "gone")[0] == 0
+    cache_dir = Path(os.environ[HOME_ENV]) / "adapter-cache"
+    assert _files_holding(cache_dir, ETNA)  # what the cache keeps: each chunk's text, in plain text
+    assert cli("rm", "etna.md", "-c", "gone")[0] == 0
+    assert _files_holding(cache_dir, ETNA)  # a removed document's text stays until the cache is pruned
+    code, out, _ = cli("cache", "prune")
+    assert code == 0 and out.startswith("removed 1 entries; 1 left")
+    assert not _files_holding(cache_dir, ETNA) and _files_holding(cache_dir, ZEBRA)
+    assert cli("check", "-c", "keep")[0] == 0 and cli("cache", "prune")[1].startswith("removed 0 entries")
+    code, out, _ = cli("cache", "clear")
+    assert code == 0 and out.startswith("removed 1 entries; 0 left") and not _files_holding(cache_dir, ZEBRA)
+    code, out, _ = cli("ask", QUESTION, "-c", "keep", "--json")  # the collection keeps its own chunk files
+    assert code == 0 and [s["doc_id"] for s in json.loads(out)["sources"]] == ["zebra.md"]
+
+
+def test_cache_prune_refuses_while_a_manifest_is_corrupt(cli, notes):
+    cli("ingest", str(notes), "-c", "notes")
+    manifest = Path(os.environ[HOME_ENV]) / "collections" / "notes" / "manifest.json"
+    manifest.write_text("[]")
+    code, out, err = cli("cache", "prune")
+    assert code == EXIT_ERROR and out == "" and "notes/manifest.json is not a valid manifest" in err
+    assert "removed" not in err
+
+
+@pytest.mark.parametrize("config", ["[1, 2, 3]", "null", '{"rank": 8', "7", '"text"'])
+def test_a_malformed_hypernetwork_config_is_a_one_line_error(cli, notes, tmp_path, model_args, config):
+    bad = tmp_path / "bad-hypernet"
+    bad.mkdir()
+    for path in Path(model_args[3]).iterdir():
+        (bad / path.name).write_bytes(path.read_bytes())
+    (bad / "config.json").write_text(config)
+    code, out, err = cli("--hypernet", str(bad), "ingest", str(notes), "-c", "notes")
+    assert code == EXIT_ERROR and out == ""
+    [line] = [line for line in err.splitlines() if "error" in line]
+    assert line.startswith("lora-memory: error: cannot read Doc-to-LoRA hypernetwork in ") and str(bad) in line
+    assert "Traceback" not in err

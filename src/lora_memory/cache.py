@@ -15,6 +15,14 @@ collection as it is, its digest doubling as the collection's file checksum. An
 entry that fails its checksum or whose header cannot be parsed is logged, deleted
 and reported as a miss, so it is simply encoded again.
 
+What the cache keeps: one entry per distinct chunk ever encoded, holding that chunk's
+adapter *and its full text in plain text* (the chunk file's header), until it is evicted
+(least recently used first, past ``size_limit_bytes``, 4 GiB by default) or removed with
+:meth:`AdapterCache.clear` / :meth:`AdapterCache.prune` (``lora-memory cache clear|prune``).
+Removing or updating a document does not remove its entries: other collections may
+share them, and re-adding the text costs no encoding. Collections keep their own chunk
+files, so clearing the cache loses no document.
+
 Example:
     >>> cache = AdapterCache(tmp_dir)  # doctest: +SKIP
     >>> key = AdapterCache.key(hypernet.fingerprint, base.fingerprint, chunk.token_ids, "bfloat16")  # doctest: +SKIP
@@ -26,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from array import array
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,9 +58,10 @@ KEY_VERSION = 2  # bumped when the entry format changes, so old entries are neve
 class BytesDisk(diskcache.Disk):
     """diskcache serialization that only ever stores and returns ``bytes`` (values) and ``str`` (keys).
 
-    Nothing is pickled on the way in, and a row stored by another writer in pickle
+    Nothing is pickled on the way in, and a value stored by another writer in pickle
     or text mode (or holding a number) is refused on the way out with
-    :class:`CorruptEntryError` before any of it is decoded.
+    :class:`CorruptEntryError` before any of it is decoded; a key stored pickled is
+    listed as its undecoded bytes (so it matches no lookup, and ``clear`` removes it).
     """
 
     def put(self, key: object) -> tuple[object, bool]:
@@ -61,8 +70,8 @@ class BytesDisk(diskcache.Disk):
         return super().put(key)
 
     def get(self, key: object, raw: bool) -> object:
-        if not raw:
-            raise CorruptEntryError("a cache key stored pickled is refused")
+        if not raw:  # a key stored pickled (planted: this class never writes one) stays undecoded bytes
+            return bytes(key)
         return super().get(key, raw)
 
     def store(self, value: object, read: bool, key: object = UNKNOWN) -> tuple[int, int, str | None, object]:
@@ -99,8 +108,10 @@ class AdapterCache:
 
     def __init__(self, directory: str | Path | None = None, size_limit_bytes: int = DEFAULT_CACHE_SIZE_LIMIT):
         self.directory = Path(directory) if directory is not None else adapter_cache_dir()
+        # secure_delete: SQLite zeroes a removed entry's pages, so a pruned chunk's text does not linger in the file
         self._cache = diskcache.Cache(str(self.directory), size_limit=size_limit_bytes, disk=BytesDisk,
-                                      eviction_policy=EVICTION_POLICY, timeout=SQLITE_TIMEOUT_S)
+                                      eviction_policy=EVICTION_POLICY, timeout=SQLITE_TIMEOUT_S,
+                                      sqlite_secure_delete=1)
 
     @staticmethod
     def key(hypernet_fingerprint: str, base_fingerprint: str, token_ids: Sequence[int], dtype: str) -> str:
@@ -160,6 +171,17 @@ class AdapterCache:
     def clear(self) -> int:
         """Remove every entry; returns how many were removed."""
         return self._cache.clear(retry=True)
+
+    def prune(self, keep: Set[str]) -> int:
+        """Remove every entry whose key is not in ``keep`` (the chunk keys collections still use); returns how many.
+
+        A key stored by someone else as a pickle is never read and is left to :meth:`clear`.
+        """
+        removed = 0
+        for key in list(self._cache.iterkeys()):
+            if isinstance(key, str) and key not in keep and self._cache.delete(key, retry=True):
+                removed += 1
+        return removed
 
     def close(self) -> None:
         """Close the SQLite connection (the cache reopens itself on next use)."""

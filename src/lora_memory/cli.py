@@ -17,6 +17,7 @@ Example:
     $ lora-memory ingest notes/ -c work --glob '**/*.md'
     $ lora-memory ask "When is the launch?" -c work --json
     $ lora-memory check -c work --repair
+    $ lora-memory cache prune
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .cache import AdapterCache
 from .check import check_collection
-from .collection import Collection, list_collections
+from .collection import Collection, chunk_keys_in_use, list_collections
 from .config import MemoryConfig
 from .errors import CorruptManifestError, LoRAMemoryError
 from .generation import GenerationConfig
@@ -224,6 +226,22 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["clear", "prune"], help="clear: remove every entry; prune: remove the "
+                        "entries no collection of the home uses (those of removed or updated documents)")
+
+
+def cache(args: argparse.Namespace) -> int:
+    """Clear or prune the shared adapter cache, which keeps every chunk's adapter and text; collections lose nothing."""
+    adapters = AdapterCache()
+    try:
+        removed = adapters.clear() if args.action == "clear" else adapters.prune(chunk_keys_in_use(collections_dir()))
+        print(f"removed {removed} entries; {len(adapters)} left ({adapters.volume() / 2**20:.1f} MiB)")
+    finally:
+        adapters.close()  # checkpoints SQLite's log: removed text leaves the files now
+    return 0
+
+
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
     del parser
 
@@ -244,6 +262,7 @@ COMMANDS: dict[str, tuple[AddArguments, Handler]] = {
     "rm": (_rm_arguments, rm),
     "check": (_check_arguments, check),
     "export": (_export_arguments, export),
+    "cache": (_cache_arguments, cache),
     "demo": (_no_arguments, demo),
     "train": (add_train_arguments, run_train),
     "eval": (add_eval_arguments, run_eval),

@@ -40,7 +40,10 @@ class SavedConfig(BaseModel):
 
         Raises:
             pydantic.ValidationError: a value is invalid (the message names the field).
+            ValueError: ``data`` is not a dict (a saved config that is a JSON list, ``null``, a number...).
         """
+        if not isinstance(data, dict):
+            raise ValueError(f"a saved {cls.__name__} is a JSON object, not {type(data).__name__}")
         unknown = set(data) - set(cls.model_fields)
         if unknown:
             logger.warning("ignoring unknown %s keys: %s", cls.__name__, sorted(unknown))
