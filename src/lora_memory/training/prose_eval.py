@@ -235,9 +235,9 @@ def evaluate_questions(hypernet: DocToLoRA, base: BaseModel, questions: list[Pro
         short = [n for n in names if settings[n][0] == q.question]  # one prompt length: no padding in the batch
         long = [n for n in names if n not in short]
         for group in (short, long):
-            replies = _answer_many(base, [settings[n][0] for n in group], [settings[n][1] for n in group],
+            answers = _answer_many(base, [settings[n][0] for n in group], [settings[n][1] for n in group],
                                    max_new_tokens)
-            reply_row.update(zip(group, replies))
+            reply_row.update(zip(group, answers))
         for name in names:
             reply = reply_row[name]
             ok = (answer_contains(reply, q.answers), answer_exact(reply, q.answers))
