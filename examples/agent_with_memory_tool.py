@@ -20,6 +20,7 @@ from langchain_lora_memory import create_memory_tool
 from lora_memory import LoRAMemory
 
 USER_QUESTION = "When is the launch, and who approves the budget?"
+EXPECTED = {"project_notes": "March 14", "finance_rules": "Ana Ruiz"}  # what each tool's answer should contain
 
 
 def build_tools() -> dict:
@@ -43,6 +44,7 @@ def main() -> None:
     ]))
 
     messages: list[BaseMessage] = [HumanMessage(USER_QUESTION)]
+    correct = 0
     while True:  # the usual tool-calling loop
         reply = planner.invoke(messages)
         messages.append(reply)
@@ -51,9 +53,12 @@ def main() -> None:
         for call in reply.tool_calls:
             result = tools[call["name"]].invoke({**call, "type": "tool_call"})
             messages.append(result)
-            print(f"{call['name']}({call['args']['query']!r}) -> {result.content.strip()!r}")
+            correct += EXPECTED[call["name"]].casefold() in result.content.casefold()
+            print(f"{call['name']}({call['args']['query']!r}) -> {result.content.strip()!r}"
+                  f"   (expected: {EXPECTED[call['name']]})")
             print("   from:", [(s["doc_id"], s["snippet"][:40]) for s in result.artifact])
     print("Agent:", messages[-1].content)
+    print(f"Correct: {correct}/{len(EXPECTED)}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ DOCUMENTS = [
     Document("Expense reports are due within 30 days of the purchase, with receipts attached.", id="expenses",
              metadata={"source": "handbook.md"}),
 ]
+QUESTIONS = {"How many vacation days do new employees get?": "25",
+             "When do unused vacation days expire?": "March 31",
+             "Within how many days are expense reports due?": "30"}
 
 
 def main() -> None:
@@ -31,7 +34,12 @@ def main() -> None:
     prompt = ChatPromptTemplate.from_messages([("system", "Answer in one sentence."), ("human", "{question}")])
     chain = prompt | chat | StrOutputParser()
 
-    print("A:", chain.invoke({"question": "How many vacation days do new employees get?"}).strip())
+    correct = 0
+    for question, expected in QUESTIONS.items():
+        reply = chain.invoke({"question": question}).strip()
+        correct += expected.casefold() in reply.casefold()
+        print(f"Q: {question}\nA: {reply}   (expected: {expected})")
+    print(f"Correct: {correct}/{len(QUESTIONS)}")
 
     print("Streamed: ", end="")
     for piece in chain.stream({"question": "When are expense reports due?"}):

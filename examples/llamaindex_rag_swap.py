@@ -19,7 +19,8 @@ DOCUMENTS = [
     Document(text="Mira Tesk founded the Quenford chess club in 1992; it meets on Thursdays.", id_="club",
              metadata={"source": "clubs.txt"}),
 ]
-QUESTIONS = ["When was the Zorblat bridge painted?", "Who founded the Quenford chess club?"]
+QUESTIONS = {"When was the Zorblat bridge painted?": "1987", "Who founded the Quenford chess club?": "Mira Tesk",
+             "What colour was the Zorblat bridge painted?": "teal", "On which day does the chess club meet?": "Thursday"}
 
 
 def main() -> None:
@@ -33,13 +34,16 @@ def main() -> None:
     index = LoRAMemoryIndex.from_documents(DOCUMENTS, collection="example-rag-swap")
     query_engine = index.as_query_engine(max_new_tokens=24)
 
-    for question in QUESTIONS:
+    correct = 0
+    for question, expected in QUESTIONS.items():
         response = query_engine.query(question)
-        print(f"Q: {question}\nA: {response.response.strip()}")
+        correct += expected.casefold() in response.response.casefold()
+        print(f"Q: {question}\nA: {response.response.strip()}   (expected: {expected})")
         print("   adapters applied from:", sorted({n.node.ref_doc_id for n in response.source_nodes}))
         print(f"   prompt tokens: {response.metadata['prompt_tokens']} (no document text in the prompt)")
+    print(f"Correct: {correct}/{len(QUESTIONS)}")
 
-    streaming = index.as_query_engine(streaming=True, max_new_tokens=24).query(QUESTIONS[1])
+    streaming = index.as_query_engine(streaming=True, max_new_tokens=24).query(next(iter(QUESTIONS)))
     print("Streamed: ", end="")
     streaming.print_response_stream()
     print()

@@ -16,11 +16,11 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 @pytest.mark.slow
 @pytest.mark.parametrize(("script", "expected"), [
     ("llamaindex_rag_swap.py", ["adapters applied from: ['bridge']", "adapters applied from: ['club']", "(no document text in the prompt)",
-                                "Streamed: "]),
-    ("langchain_chain.py", ["A: ", "Streamed: ", "Sources: [('vacation', 0)]", "'output_tokens': "]),
+                                "Streamed: ", "Correct: "]),
+    ("langchain_chain.py", ["A: ", "Correct: ", "Streamed: ", "Sources: [('vacation', 0)]", "'output_tokens': "]),
     ("agent_with_memory_tool.py", ["project_notes('When is the Atlas launch?') -> ", "from: [('launch', ",
                                    "finance_rules('Who approves budgets above 10,000 euros?') -> ",
-                                   "from: [('budget', ", "Agent: "]),
+                                   "from: [('budget', ", "Agent: ", "Correct: "]),
     pytest.param("langchain_chain_server.py", ["A: ", "Streamed: ", "Sources: [('vacation', 0)]", "'output_tokens': "],
                  marks=pytest.mark.allow_hosts(["127.0.0.1"])),  # it serves itself on loopback
     pytest.param("llamaindex_server.py", ["adapters applied from: ['bridge']", "adapters applied from: ['club']",
