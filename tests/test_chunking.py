@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from lora_memory.chunking import chunk_text
+from lora_memory.chunking import chunk_text, iter_chunks
 from lora_memory.errors import EmptyDocumentError
 
 _WORDS = ["river", "lantern", "copper", "quiet", "market", "seven", "north", "glass", "orchard", "signal"]
@@ -103,3 +103,34 @@ def test_empty_or_whitespace_raises(tokenizer, text):
 def test_max_tokens_must_be_positive(tokenizer):
     with pytest.raises(ValueError, match="max_tokens"):
         chunk_text(tokenizer, "Some text.", 0)
+
+
+@pytest.mark.parametrize("name", TEXTS)
+@pytest.mark.parametrize("segment_chars", [200, 1000, 10**6])
+def test_streamed_chunks_cover_the_text_and_its_exact_tokens(tokenizer, name, segment_chars):
+    text = TEXTS[name] + "\n\n   \n" if name == "prose" else TEXTS[name]  # trailing whitespace joins the last segment
+    chunks = list(iter_chunks(tokenizer, text, 64, segment_chars))
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert chunks[0].char_start == 0 and chunks[-1].char_end == len(text)
+    assert all(a.char_end == b.char_start for a, b in zip(chunks, chunks[1:]))
+    assert all(text[c.char_start:c.char_end] == c.text and len(c.token_ids) <= 64 for c in chunks)
+    assert sum((c.token_ids for c in chunks), []) == tokenizer(text, add_special_tokens=False).input_ids
+    if segment_chars > len(text):  # one segment: exactly chunk_text
+        assert chunks == chunk_text(tokenizer, text, 64)
+
+
+def test_streamed_chunks_are_produced_lazily(tokenizer, monkeypatch):
+    import lora_memory.chunking as chunking
+
+    seen = []
+    real = chunking.chunk_text
+    monkeypatch.setattr(chunking, "chunk_text", lambda tok, text, n: seen.append(len(text)) or real(tok, text, n))
+    chunks = iter_chunks(tokenizer, _prose(200, (2, 6)), 64, segment_chars=2000)
+    next(chunks)
+    assert len(seen) == 1 and seen[0] <= 2000  # one segment tokenized, not the whole text
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t "])
+def test_streamed_empty_text_raises_before_iterating(tokenizer, text):
+    with pytest.raises(EmptyDocumentError):
+        iter_chunks(tokenizer, text, 64)

@@ -7,6 +7,15 @@ break, else sentence end, else word boundary, within the last quarter of the
 chunk (so a dense text may take a chunk or two more than the minimum). The chunks' token ids concatenate to exactly the document's token ids:
 nothing is lost or duplicated.
 
+:func:`iter_chunks` does the same for a text of any length in bounded memory: it
+tokenizes and chunks one segment of at most ``SEGMENT_CHARS`` characters at a time
+(cut before a line break or a space that follows text, where a byte-level BPE
+tokenizer's pre-tokenizer cuts too), so the
+tokenizer never holds more than a segment. A text no longer than one segment is
+chunked exactly as :func:`chunk_text` does; a longer one may differ from whole-text
+tokenization at a segment edge only where no line break or space was found (a hard
+cut), and the chunks' character spans still cover the text exactly.
+
 Example:
     >>> chunks = chunk_text(tokenizer, text, max_tokens=256)  # doctest: +SKIP
     >>> sum((c.token_ids for c in chunks), []) == tokenizer(text, add_special_tokens=False).input_ids  # doctest: +SKIP
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -26,6 +36,8 @@ from .errors import EmptyDocumentError
 _PARAGRAPH = re.compile(r"\n\s*\n\s*$")
 _SENTENCE = re.compile(r"[.!?;:][\"')\]]?\s*$")
 _SPACE = re.compile(r"\s$")
+_TEXT = re.compile(r"\S")
+SEGMENT_CHARS = 2**18  # characters tokenized at once by iter_chunks (~64k tokens of English): bounds its memory
 
 
 @dataclass(frozen=True)
@@ -104,3 +116,49 @@ def chunk_text(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -
         c1 = offsets[b][0] if b < n else len(text)
         chunks.append(Chunk(index=i, token_ids=ids[a:b], text=text[c0:c1], char_start=c0, char_end=c1))
     return chunks
+
+
+def iter_chunks(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int,
+                segment_chars: int | None = None) -> Iterator[Chunk]:
+    """:func:`chunk_text`, one segment of at most about ``segment_chars`` (default ``SEGMENT_CHARS``) characters at a
+    time (see the module doc).
+
+    Raises:
+        EmptyDocumentError: the text is empty or whitespace only (before any chunk is yielded).
+        ValueError: ``max_tokens`` < 1.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if not text or not text.strip():
+        raise EmptyDocumentError("the document has no text (empty or whitespace only)")
+    return _segment_chunks(tokenizer, text, max_tokens, segment_chars or SEGMENT_CHARS)
+
+
+def _segment_chunks(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int,
+                    segment_chars: int) -> Iterator[Chunk]:
+    index, start = 0, 0
+    while start < len(text):
+        end = _segment_end(text, start, segment_chars)
+        for c in chunk_text(tokenizer, text[start:end], max_tokens):
+            yield Chunk(index=index, token_ids=c.token_ids, text=c.text, char_start=start + c.char_start,
+                        char_end=start + c.char_end)
+            index += 1
+        start = end
+
+
+def _segment_end(text: str, start: int, limit: int) -> int:
+    """Where the segment starting at ``start`` ends: the whole rest when it fits, else in the last quarter of
+    ``limit`` before a line break that follows text, else before a space that follows text, else at ``limit``; a
+    segment always holds some non-space text (leading whitespace does not count towards ``limit``)."""
+    first = _TEXT.search(text, start)
+    begin = first.start() if first else len(text)
+    lo, hi = begin + limit * 3 // 4, begin + limit
+    if len(text) <= hi or _TEXT.search(text, hi) is None:  # the rest fits, or only whitespace would follow
+        return len(text)
+    for mark in "\n ":  # a line break, else a space, right after text: where byte-level BPE cuts too
+        found = text.rfind(mark, lo, hi)
+        while found != -1:
+            if not text[found - 1].isspace():
+                return found
+            found = text.rfind(mark, lo, found)
+    return hi

@@ -1,7 +1,8 @@
 """The ``lora-memory`` command: parse arguments, build a config, call the library.
 
 Answers go to stdout (``ask`` prints only the answer, or one JSON object with
-``--json``); progress bars and logs go to stderr; an error is one line on stderr
+``--json``); progress bars and logs go to stderr (progress is logged when stderr is
+not a terminal); an error is one line on stderr
 and a non-zero exit status (1, or 130 when interrupted).
 
 Subcommands live in :data:`COMMANDS` (name -> ``(add_arguments, handler)``); a
@@ -316,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not sys.stderr.isatty():  # no progress bar there: an ingest logs its progress instead
+        logging.getLogger("lora_memory.ingest").setLevel(logging.INFO)
     if args.home:
         os.environ[HOME_ENV] = str(Path(args.home).expanduser())
     if args.threads is not None:

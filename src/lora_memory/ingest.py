@@ -1,18 +1,27 @@
 """Internalizing one document into a collection: chunk, look up or encode each chunk, store its adapter.
 
-Chunks are processed in batches so memory stays bounded by the batch, whatever
-the document's length: each batch's adapters come from the collection (already
+The document is tokenized and chunked as it is read (:func:`lora_memory.chunking.iter_chunks`,
+one segment of text at a time) and processed in batches, so memory stays bounded by the
+batch and the segment, whatever the document's length (what grows with it: its text and
+one small manifest record per chunk): each batch's adapters come from the collection (already
 stored and intact), the shared cache, or one hypernetwork pass, and are written to
 the collection's chunk files before the next batch starts; a stored chunk file that
 is damaged is written again, so re-ingesting a document repairs it. Nothing here touches the
 manifest: the caller commits the returned record, which makes the document
 appear all at once. An interrupted ingest leaves its encoded chunks in the
 shared cache, so running it again resumes where it stopped.
+
+Progress: a bar on stderr from the first moment (in characters) when asked for and
+stderr is a terminal; otherwise progress is logged (INFO, ``lora_memory.ingest``) at the
+start, every ``PROGRESS_LOG_S`` seconds and at the end.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
+import sys
 import time
 
 from tqdm.auto import tqdm
@@ -20,11 +29,15 @@ from tqdm.auto import tqdm
 from .adapter import LoRAAdapter
 from .base import BaseModel
 from .cache import AdapterCache
-from .chunking import Chunk, chunk_text
+from .chunking import Chunk, iter_chunks
 from .collection import SNIPPET_CHARS, ChunkRecord, Collection, DocumentRecord
 from .errors import EmptyDocumentError
 from .hypernet import DocToLoRA
 from .loaders import LoadedDocument
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_LOG_S = 10.0  # seconds between progress log lines when no bar is shown
 
 
 def content_sha256(text: str) -> str:
@@ -43,20 +56,47 @@ def ingest_document(doc: LoadedDocument, *, base: BaseModel, hypernet: DocToLoRA
         EmptyDocumentError: the document has no text.
     """
     try:
-        chunks = chunk_text(base.tokenizer, doc.text, chunk_tokens)
+        chunks = iter_chunks(base.tokenizer, doc.text, chunk_tokens)
     except EmptyDocumentError as exc:
         raise EmptyDocumentError(f"document {doc.doc_id!r}: {exc}") from exc
     records: list[ChunkRecord] = []
     checksums = collection.chunk_checksums()  # grows with this document's chunks as they are written
-    # disable=None: a bar only when stderr is a terminal
-    with tqdm(total=len(chunks), desc=f"internalizing {doc.doc_id}", unit="chunk",
-              disable=None if progress else True) as bar:
-        for start in range(0, len(chunks), batch_size):
-            batch = chunks[start:start + batch_size]
+    show_bar = progress and sys.stderr.isatty()
+    log = _ProgressLog(doc.doc_id, len(doc.text), enabled=not show_bar)
+    with tqdm(total=len(doc.text), desc=f"internalizing {doc.doc_id}", unit="char", unit_scale=True,
+              disable=not show_bar) as bar:
+        done = 0
+        while batch := list(itertools.islice(chunks, batch_size)):
             records.extend(_store_batch(batch, base, hypernet, cache, collection, checksums))
-            bar.update(len(batch))
+            bar.update(batch[-1].char_end - done)
+            bar.set_postfix(chunks=len(records), refresh=False)
+            done = batch[-1].char_end
+            log.update(done, len(records))
+    log.done(len(records))
     return DocumentRecord(doc_id=doc.doc_id, source=doc.source, metadata=dict(doc.metadata), added_at=time.time(),
                           content_sha256=content_sha256(doc.text), chunk_tokens=chunk_tokens, chunks=records)
+
+
+class _ProgressLog:
+    """Progress log lines of one document's ingest (when no bar shows it): at the start, every ``PROGRESS_LOG_S``
+    seconds, at the end."""
+
+    def __init__(self, doc_id: str, total_chars: int, enabled: bool):
+        self.doc_id, self.total, self.enabled = doc_id, total_chars, enabled
+        self.start = self.last = time.monotonic()
+        if enabled:
+            logger.info("internalizing %r: %d characters", doc_id, total_chars)
+
+    def update(self, chars: int, chunks: int) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self.last >= PROGRESS_LOG_S:
+            self.last = now
+            logger.info("internalizing %r: %d of %d characters (%.0f%%), %d chunks, %.0f s", self.doc_id, chars,
+                        self.total, 100 * chars / self.total, chunks, now - self.start)
+
+    def done(self, chunks: int) -> None:
+        if self.enabled:
+            logger.info("internalized %r: %d chunks in %.1f s", self.doc_id, chunks, time.monotonic() - self.start)
 
 
 def _store_batch(batch: list[Chunk], base: BaseModel, hypernet: DocToLoRA, cache: AdapterCache,
