@@ -12,10 +12,12 @@ checks that no committed document is lost and that the error (or the warning) is
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import os
 import pickle
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from lora_memory import LoRAMemory, MemoryConfig
+from lora_memory import LoRAMemory, MemoryConfig, chunking, ingest
 from lora_memory.cache import AdapterCache
 from lora_memory.collection import ADAPTERS_DIR, MANIFEST_NAME, Collection
 from lora_memory.errors import (CollectionError, CorruptManifestError, DuplicateDocumentError, InvalidNameError)
@@ -357,3 +359,51 @@ def test_a_killed_manifest_write_leaves_no_temporary_file_after_the_next_commit(
     memory.add(ETNA, doc_id="etna")
     assert not any(path.exists() for path in left)
     assert sorted(p.name for p in directory.iterdir()) == [".lock", ADAPTERS_DIR, MANIFEST_NAME]
+
+
+# ------------------------------------------------------------------ 9. streaming ingest and its progress
+def test_a_long_document_is_ingested_segment_by_segment(open_memory, monkeypatch):
+    monkeypatch.setattr(chunking, "SEGMENT_CHARS", 120)  # segments far shorter than the document
+    text = "\n".join([ZEBRA, ETNA, TOWER] + OTHERS)
+    memory = open_memory(ingest_batch_size=2)
+    memory.add(text, doc_id="long")
+    chunks = memory.collection.record("long").chunks
+    assert len(chunks) > 3 and chunks[0].char_start == 0 and chunks[-1].char_end == len(text)
+    assert all(a.char_end == b.char_start for a, b in zip(chunks, chunks[1:]))
+    assert [s.doc_id for s in memory.ask(ETNA_QUESTION).sources] == ["long"]
+
+
+def test_progress_is_logged_from_the_start_when_stderr_is_not_a_terminal(open_memory, monkeypatch, caplog):
+    monkeypatch.setattr(ingest, "PROGRESS_LOG_S", 0.0)  # a line after every batch
+    memory = open_memory(ingest_batch_size=1)
+    events: list[str] = []
+    encode = memory.hypernet.adapters_for_chunks
+    monkeypatch.setattr(memory.hypernet, "adapters_for_chunks",
+                        lambda *a, **k: events.append("encode") or encode(*a, **k))
+    monkeypatch.setattr(ingest.logger, "info", lambda msg, *args: events.append(msg % args))
+    text = " ".join([ZEBRA, ETNA, TOWER])
+    memory.add(text, doc_id="doc", progress=True)  # pytest's stderr is not a terminal
+    n = len(memory.collection.record("doc").chunks)
+    assert n >= 3 and events[0] == f"internalizing 'doc': {len(text)} characters"  # before the first encoding
+    progress = [e for e in events if e.startswith("internalizing 'doc': ") and " of " in e]
+    assert len(progress) == n and progress[-1].startswith(f"internalizing 'doc': {len(text)} of {len(text)} "
+                                                          f"characters (100%), {n} chunks")
+    assert events[-1].startswith(f"internalized 'doc': {n} chunks in ")
+
+
+def test_the_progress_bar_shows_from_the_start_on_a_terminal(open_memory, monkeypatch, caplog):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    memory = open_memory()
+    seen: list[str] = []
+    encode = memory.hypernet.adapters_for_chunks
+    monkeypatch.setattr(memory.hypernet, "adapters_for_chunks",
+                        lambda *a, **k: seen.append(terminal.getvalue()) or encode(*a, **k))
+    with caplog.at_level(logging.INFO, logger="lora_memory.ingest"):
+        memory.add(ZEBRA, doc_id="zebra", progress=True)
+    assert "internalizing zebra:   0%" in seen[0]  # drawn before the first chunk is encoded
+    assert "100%" in terminal.getvalue() and "internalizing" not in caplog.text  # a bar, no log lines
