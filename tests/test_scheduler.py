@@ -63,6 +63,48 @@ def test_batched_rows_match_each_row_alone(tiny_base, make_lora):
     assert batch.width == max(len(p) for p in prompts)
 
 
+def test_prefill_gives_the_lm_head_one_contiguous_column_per_row(tiny_base, make_lora):
+    """The LM head sees (n, 1, d) contiguous hidden states, not a strided view of the last column.
+
+    A strided (n, 1, d) view makes F.linear multiply by a copy of the LM head expanded n
+    times (most of a real prefill's time); ``logits_to_keep=1`` gave that view.
+    """
+    base = tiny_base
+    prompts = [_ids(base, q) for q in QUESTIONS]
+    seen = []
+    handle = base.model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        DecodeBatch(base.model, base.tokenizer.pad_token_id).add(prompts, _adapters(base, make_lora))
+    finally:
+        handle.remove()
+    (hidden,) = seen
+    assert hidden.shape == (len(prompts), 1, base.model.config.hidden_size) and hidden.is_contiguous()
+
+
+def test_rows_adapters_are_stacked_once_per_membership(tiny_llama, make_lora, monkeypatch):
+    """Steps reuse the stacked adapter; a row leaving or joining restacks it (else rows get others' adapters)."""
+    import lora_memory.decoding as decoding
+
+    base = tiny_llama
+    prompts, (a, _, b) = [_ids(base, q) for q in QUESTIONS], _adapters(base, make_lora)
+    stacked: list[list] = []
+    real = decoding.stack_adapters
+    monkeypatch.setattr(decoding, "stack_adapters", lambda rows: stacked.append(list(rows)) or real(rows))
+    batch = DecodeBatch(base.model, base.tokenizer.pad_token_id)
+    tokens = batch.add(prompts[:2], [a, b]).argmax(-1)
+    for _ in range(3):
+        tokens = batch.step(tokens).argmax(-1)
+    assert stacked == [[a, b], [a, b]]  # the prefill's, then one for all three steps
+    batch.keep([1])  # row a leaves
+    tokens = batch.step(tokens[1:]).argmax(-1)
+    assert stacked[2:] == [[b]]
+    joined = batch.add([prompts[2]], [a]).argmax(-1)  # a row joins
+    tokens = torch.cat([tokens, joined])
+    for _ in range(2):
+        tokens = batch.step(tokens).argmax(-1)
+    assert stacked[3:] == [[a], [b, a]]  # the joiner's prefill, then one restack for both steps
+
+
 def test_rows_join_and_leave_between_steps_and_keep_their_tokens(tiny_llama, make_lora):
     """Greedy tokens of rows that join late and leave early equal generate() on each row alone."""
     base = tiny_llama

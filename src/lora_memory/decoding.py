@@ -123,9 +123,13 @@ class DecodeBatch:
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (n, T)
         cache = DynamicCache(config=self.model.config)
+        # The last column as an index tensor, not ``logits_to_keep=1``: the int slices the hidden states to a
+        # non-contiguous (n, 1, d) view, which F.linear multiplies by a copy of the LM head expanded n times
+        # (a (n, d, vocab) copy per prefill, most of its time); indexing gathers a contiguous (n, 1, d).
+        last = torch.tensor([width - 1], device=device)
         with apply_adapter(self.model, stack_adapters(adapters)), torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                             use_cache=True, logits_to_keep=1)
+                             use_cache=True, logits_to_keep=last)
         self._merge(cache, mask, positions[:, -1] + 1, list(adapters))
         return out.logits[:, -1].float()
 
