@@ -15,6 +15,7 @@ question type has several phrasings so the adapter cannot key on one wording:
 - ``describe``: -> the article's short description;
 - ``cloze``: a sentence with one year, number or name blanked -> that value;
 - ``recite``: "What does the article about T say?" -> its first sentence;
+- ``continue``: the first words of a later sentence -> the rest of it (reconstruction);
 - ``when`` / ``who`` / ``how_many``: a sentence reordered into a question
   ("Kigali was founded in 1907." -> "In what year was Kigali founded?");
 - ``capital`` / ``population`` / ``located`` / ``founded``: pattern questions.
@@ -114,6 +115,8 @@ CLOZE_TEMPLATES = {
     "name": ['About {t}: which name fills the blank in "{s}"? Reply with only the name.',
              'Fill in the missing name ({t}): "{s}"'],
 }
+CONTINUE_TEMPLATES = ['Continue the sentence from the article about {t}: "{p} ..."',
+                      'In the text on {t}, how does the sentence beginning "{p}" go on?']
 PATTERNS = [  # (kind, regex on the text, question templates)
     ("capital", re.compile(r"\b[Cc]apital(?: and (?:the )?largest city)?(?: city)? is ([A-Z][\w\-]+(?: [A-Z][\w\-]+)*)"),
      ["What is the capital of {t}?", "Which city is the capital of {t}?", "Name the capital of {t}."]),
@@ -152,9 +155,9 @@ def _short(span: str, words: int = 10) -> str:
     return " ".join(span.split()[:words]).rstrip(",;: ")
 
 
-def _cloze(rng: random.Random, title: str, sents: list[str]) -> QA | None:
-    """One sentence (not the first) with a year, number or name blanked."""
-    candidates = []
+def cloze_questions(rng: random.Random, title: str, sents: list[str]) -> list[QA]:
+    """Every blankable value: each sentence (not the first) with one year, number or name blanked."""
+    out = []
     for s in sents[1:] or sents:
         if len(s.split()) > 40:
             continue
@@ -164,12 +167,20 @@ def _cloze(rng: random.Random, title: str, sents: list[str]) -> QA | None:
                     continue
                 if kind == "name" and m.group(0) in title:
                     continue
-                candidates.append((kind, s, m))
-    if not candidates:
-        return None
-    kind, s, m = rng.choice(candidates)
-    blanked = s[:m.start()] + BLANK + s[m.end():]
-    return QA(rng.choice(CLOZE_TEMPLATES[kind]).format(t=title, s=blanked), m.group(0).rstrip(",."))
+                blanked = s[:m.start()] + BLANK + s[m.end():]
+                out.append(QA(rng.choice(CLOZE_TEMPLATES[kind]).format(t=title, s=blanked), m.group(0).rstrip(",.")))
+    return out
+
+
+def continuations(rng: random.Random, title: str, sents: list[str], prefix_words: int = 4) -> list[QA]:
+    """Reconstruction: for each sentence (not the first), its first words -> the rest of it."""
+    out = []
+    for s in sents[1:]:
+        words = s.split()
+        if prefix_words < len(words) <= 40:
+            out.append(QA(rng.choice(CONTINUE_TEMPLATES).format(t=title, p=" ".join(words[:prefix_words])),
+                          " ".join(words[prefix_words:])))
+    return out
 
 
 def _subject(subj: str, title: str) -> str | None:
@@ -216,9 +227,12 @@ def article_questions(rng: random.Random, article: Article) -> dict[str, QA]:
     if sents and len(sents[0].split()) <= 45:
         out["recite"] = QA(rng.choice(RECITE_TEMPLATES).format(t=t), sents[0])
     out.update(_reordered(rng, t, sents))
-    cloze = _cloze(rng, t, sents)
-    if cloze:
-        out["cloze"] = cloze
+    clozes = cloze_questions(rng, t, sents)
+    if clozes:
+        out["cloze"] = rng.choice(clozes)
+    conts = continuations(rng, t, sents)
+    if conts:
+        out["continue"] = rng.choice(conts)
     for kind, pattern, templates in PATTERNS:
         pm = pattern.search(article.text)
         if pm:
@@ -227,7 +241,7 @@ def article_questions(rng: random.Random, article: Article) -> dict[str, QA]:
 
 
 QUESTION_WEIGHTS = {"what": 1.0, "describe": 0.5, "recite": 1.0, "cloze": 2.0, "capital": 2.0, "population": 2.0,
-                    "located": 2.0, "founded": 2.0, "when": 3.0, "who": 3.0, "how_many": 3.0}
+                    "located": 2.0, "founded": 2.0, "when": 3.0, "who": 3.0, "how_many": 3.0, "continue": 2.0}
 
 
 def _pick_questions(rng: random.Random, made: dict[str, QA], n: int) -> list[QA]:

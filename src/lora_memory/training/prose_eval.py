@@ -42,7 +42,7 @@ from ..routing import BM25Index
 from ..hypernet import HypernetConfig
 from .baseline import distill_document
 from .data import Example
-from .prose import Article, article_questions, load_articles
+from .prose import Article, article_questions, cloze_questions, continuations, load_articles, sentences
 from .teacher import in_context_prompt
 
 QUESTIONS_FILE = Path(__file__).with_name("prose_questions.json")
@@ -273,17 +273,22 @@ def evaluate_prose(hypernet: DocToLoRA, base: BaseModel, quick: bool = False, ru
     return report
 
 
-def capacity_example(article: Article, draws: int = 4) -> Example:
-    """The article with every rule-made question type, in ``draws`` phrasings (the free LoRA's training set)."""
+def capacity_example(article: Article, draws: int = 4, everything: bool = False) -> Example:
+    """The free LoRA's training set: every rule-made question type in ``draws`` phrasings; with ``everything``
+    also every cloze and every sentence's continuation (the whole text, reconstructed)."""
     qa = {}
     for seed in range(draws):
         for made in article_questions(random.Random(seed), article).values():
+            qa[made.question] = made
+    if everything:
+        rng, sents = random.Random(0), sentences(article.text)
+        for made in cloze_questions(rng, article.title, sents) + continuations(rng, article.title, sents):
             qa[made.question] = made
     return Example(article.text, list(qa.values()), "prose", {"title": article.title})
 
 
 def evaluate_prose_capacity(base: BaseModel, config: HypernetConfig, articles: int = 8, steps: int = 30,
-                            max_new_tokens: int = 24) -> dict[str, float]:
+                            max_new_tokens: int = 24, everything: bool = False) -> dict[str, float]:
     """Rung 1 on prose: a free LoRA of the adapter's shape, trained on one article's rule-made questions,
     answers that article's hand-written questions (other wording, never trained on)?
 
@@ -295,7 +300,7 @@ def evaluate_prose_capacity(base: BaseModel, config: HypernetConfig, articles: i
     titles = list(dict.fromkeys(q.title for q in hand))[:articles]
     with_lora, closed, trained, seconds = [], [], [], []
     for i, title in enumerate(titles):
-        ex = capacity_example(by_title[title])
+        ex = capacity_example(by_title[title], everything=everything)
         with torch.enable_grad():
             result = distill_document(base, ex, config, steps=steps, lr=1e-2, seed=i)
         seconds.append(result.seconds_per_step)
