@@ -2,10 +2,10 @@
 
 Held-out data and scoring come from the training package, so these numbers are
 comparable with ``lora-memory eval``: needle-in-a-haystack documents
-(:func:`lora_memory.training.data.needle_example`, one per depth and length) and
-fictional-fact documents (:func:`~lora_memory.training.data.facts_example`,
-split ``heldout``), scored with :func:`lora_memory.training.evaluate.exact_match`
-and :func:`~lora_memory.training.evaluate.contains`. Greedy answers only.
+(:func:`lora_memory.training.d2l.data.needle_example`, one per depth and length) and
+fictional-fact documents (:func:`~lora_memory.training.d2l.data.facts_example`,
+split ``heldout``), scored with :func:`lora_memory.evaluation.d2l.exact_match`
+and :func:`~lora_memory.evaluation.d2l.contains`. Greedy answers only.
 
 Internalized answers come two ways: with the adapter of the chunk BM25 ranks
 first for the question (what ``LoRAMemory`` does by default, ``top_k=1``) and
@@ -18,9 +18,9 @@ import random
 from pathlib import Path
 
 from lora_memory.generation import GenerationConfig, generate
-from lora_memory.training.data import Example, facts_example, needle_example
-from lora_memory.training.evaluate import ChunkedDocument, contains, exact_match
-from lora_memory.training.teacher import in_context_prompt
+from lora_memory.training.d2l.data import Example, facts_example, needle_example
+from lora_memory.evaluation.d2l import ChunkedDocument, contains, exact_match
+from lora_memory.training.d2l.teacher import in_context_prompt
 
 from .common import Context, Section, md_table
 from .plots import grouped_bars

@@ -24,9 +24,10 @@ from pydantic import BaseModel as PydanticModel
 from pydantic import Field
 
 from lora_memory.base import BaseModel, load_base_model
-from lora_memory.hypernet import DocToLoRA, default_hypernet_dir
+from lora_memory.checkpoints import default_hypernet_dir
+from lora_memory.hypernet import DocToLoRA
 from lora_memory.hypernet.pretrained import CONFIG_NAME
-from lora_memory.training.data import needle_example
+from lora_memory.training.d2l.data import needle_example
 
 if TYPE_CHECKING:
     from .rag import RagPipeline

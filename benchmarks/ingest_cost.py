@@ -26,7 +26,7 @@ import torch
 
 from lora_memory.base import BaseModel
 from lora_memory.chunking import chunk_text
-from lora_memory.training.baseline import distill_document
+from lora_memory.training.d2l.baseline import distill_document
 
 from .common import Context, Section, Stats, Target, md_table, measure, timing_document
 from .plots import line_plot

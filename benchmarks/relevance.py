@@ -1,7 +1,7 @@
 """Routing relevance of matching and unrelated questions: the measurement behind ``MemoryConfig.min_relevance``.
 
 Uses the held-out documents and questions of the collection eval
-(:func:`lora_memory.eval_collections.make_documents`: needle and fictional-fact
+(:func:`lora_memory.evaluation.collections.make_documents`: needle and fictional-fact
 targets, needle and fact distractors), chunked by the embedded tokenizer at the
 shipped hypernetwork's 256 tokens, and the library's own router
 (:class:`lora_memory.routing.BM25Index`). For each collection size N it records the
@@ -34,7 +34,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from lora_memory.base import embedded_model_dir  # noqa: E402
 from lora_memory.chunking import chunk_text  # noqa: E402
 from lora_memory.config import DEFAULT_MIN_RELEVANCE  # noqa: E402
-from lora_memory.eval_collections import CollectionEvalConfig, make_documents  # noqa: E402
+from lora_memory.evaluation.collections import CollectionEvalConfig, make_documents  # noqa: E402
 from lora_memory.routing import BM25Index  # noqa: E402
 
 CHUNK_TOKENS = 256  # the shipped hypernetwork's max_chunk_tokens, the memory's default chunk length

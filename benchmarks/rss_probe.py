@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from lora_memory.base import load_base_model  # noqa: E402
 from lora_memory.generation import GenerationConfig, generate  # noqa: E402
-from lora_memory.training.teacher import in_context_prompt  # noqa: E402
+from lora_memory.training.d2l.teacher import in_context_prompt  # noqa: E402
 
 from .common import DTYPE, load_hypernet, timing_document  # noqa: E402
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from lora_memory import paths
-from lora_memory.eval_collections import (
+from lora_memory.evaluation.collections import (
     PLOT_NAME,
     RESULTS_NAME,
     CollectionEvalConfig,
@@ -18,7 +18,7 @@ from lora_memory.eval_collections import (
     parse_args,
     write_outputs,
 )
-from lora_memory.training.data import NEEDLE_QUESTION
+from lora_memory.training.d2l.data import NEEDLE_QUESTION
 from memory_support import tiny_hypernet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -65,13 +65,13 @@ def test_quick_evaluation_writes_report(tiny_llama, config, tmp_path):
     assert {t.setting for t in results[long_key]} == {"all", "top-1"}
     assert all(t.size == 1 and t.chunks > 1 for t in results[long_key])  # long: several chunks of one document
 
-    report = write_outputs(results, tmp_path, machine_info(tiny_llama), "python -m lora_memory.eval_collections "
+    report = write_outputs(results, tmp_path, machine_info(tiny_llama), "python -m lora_memory.evaluation.collections "
                            "--quick", "a random initialisation", config, seconds=1.0)
     text = report.read_text()
     for size in config.sizes:
         for setting in settings:
             assert f"| {size} |" in text and f"| {setting} |" in text
-    assert f"| {long_key} |" in text and "`python -m lora_memory.eval_collections --quick`" in text
+    assert f"| {long_key} |" in text and "`python -m lora_memory.evaluation.collections --quick`" in text
     assert "top_k=1" in text  # the defaults section states the current MemoryConfig defaults
     assert (tmp_path / PLOT_NAME).read_bytes().startswith(PNG_MAGIC)
     saved = json.loads((tmp_path / RESULTS_NAME).read_text())

@@ -16,7 +16,8 @@ import pytest
 
 from lora_memory import paths
 from lora_memory.config import MemoryConfig
-from lora_memory.hypernet import DocToLoRA, default_hypernet_dir
+from lora_memory.checkpoints import default_hypernet_dir
+from lora_memory.hypernet import DocToLoRA
 from lora_memory.scheduler import Scheduler
 from lora_memory.server import BackgroundServer, create_app
 from lora_memory.service import MemoryService

@@ -17,10 +17,11 @@ from lora_memory.errors import CorruptEntryError, IncompatibleAdapterError, Mode
 from lora_memory.hypernet.pretrained import WEIGHTS_NAME
 from lora_memory.hypernet.t2l import T2LConfig, TextToLoRA
 from lora_memory.hypernet.task_encoders import MiniLMEncoder
-from lora_memory.tasks import default_t2l_dir, task_adapter
-from lora_memory.training import t2l_train
-from lora_memory.training.t2l_data import TASKS, task_batches, task_by_name, task_split
-from lora_memory.training.t2l_eval import (
+from lora_memory.checkpoints import default_t2l_dir
+from lora_memory.tasks import task_adapter
+from lora_memory.training.t2l import train as t2l_train
+from lora_memory.training.t2l.data import TASKS, task_batches, task_by_name, task_split
+from lora_memory.evaluation.t2l import (
     DOC_BEGIN,
     DOC_END,
     EVAL_SEED,
@@ -29,7 +30,7 @@ from lora_memory.training.t2l_eval import (
     greedy_answers,
     write_doc,
 )
-from lora_memory.training.t2l_train import T2LTrainConfig, delta_distance, stack_adapters, train
+from lora_memory.training.t2l.train import T2LTrainConfig, delta_distance, stack_adapters, train
 
 VARIANTS = ["L", "M", "S"]
 TARGETS = ["self_attn.q_proj", "self_attn.v_proj"]
@@ -143,7 +144,7 @@ def test_corrupt_checkpoint_raises(tiny_llama, tmp_path):
 
 def test_default_t2l_missing_checkpoint_is_reported(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(tasks_module, "default_t2l_dir", lambda: tmp_path / "absent")
-    with pytest.raises(ModelNotFoundError, match="t2l_train"):
+    with pytest.raises(ModelNotFoundError, match=r"training\.t2l\.train"):
         task_adapter(tiny_llama, "Answer in capitals.")
     with pytest.raises(ValueError, match="empty"):
         task_adapter(tiny_llama, " ", t2l=_t2l(tiny_llama))

@@ -32,10 +32,11 @@ import torch
 
 from .base import BaseModel, load_base_model
 from .generation import GenerationConfig, Generated, generate
-from .hypernet import DocToLoRA, default_hypernet_dir
+from .checkpoints import default_hypernet_dir
+from .hypernet import DocToLoRA
 from .hypernet.pretrained import CONFIG_NAME
 from .memory import LoRAMemory
-from .training.teacher import in_context_prompt
+from .training.d2l.teacher import in_context_prompt
 
 DOCUMENTS: dict[str, str] = {
     "keeper": "Odile Marchetti was born in 1958. Odile Marchetti lives in the city of Varnholm. "

@@ -15,23 +15,18 @@ from __future__ import annotations
 
 import threading
 import weakref
-from pathlib import Path
 
 from torch import nn
 
 from .adapter import LoRAAdapter
 from .base import BaseModel
+from .checkpoints import default_t2l_dir
 from .errors import ModelNotFoundError
 from .hypernet.pretrained import CONFIG_NAME
 from .hypernet.t2l import TextToLoRA
 
 _LOADED: weakref.WeakKeyDictionary[nn.Module, TextToLoRA] = weakref.WeakKeyDictionary()
 _GUARD = threading.Lock()
-
-
-def default_t2l_dir() -> Path:
-    """The Text-to-LoRA checkpoint shipped for the embedded model (may be absent in a dev checkout)."""
-    return Path(__file__).resolve().parent / "checkpoints" / "t2l-smollm2-135m"
 
 
 def default_t2l(base: BaseModel) -> TextToLoRA:
@@ -48,7 +43,7 @@ def default_t2l(base: BaseModel) -> TextToLoRA:
             if not (directory / CONFIG_NAME).is_file():
                 raise ModelNotFoundError(
                     f"no Text-to-LoRA checkpoint at {directory}; train one with "
-                    "`python -m lora_memory.training.t2l_train` and pass it as t2l="
+                    "`python -m lora_memory.training.t2l.train` and pass it as t2l="
                 )
             t2l = TextToLoRA.from_pretrained(directory, base=base, device=base.device)
             _LOADED[base.model] = t2l

@@ -1,1 +1,1 @@
-"""Training and evaluating the hypernetworks (Doc-to-LoRA and Text-to-LoRA), offline on synthetic data."""
+"""Training the hypernetworks: the shared core (student batches, losses, checkpoints, CLI) with ``d2l/`` and ``t2l/``."""

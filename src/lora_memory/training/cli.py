@@ -18,8 +18,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train a Doc-to-LoRA hypernetwork from a JSON config; resumes from the run's last checkpoint."""
-    from .config import TrainConfig
-    from .trainer import FINAL_DIR, Trainer
+    from .d2l.config import TrainConfig
+    from .d2l.trainer import FINAL_DIR, Trainer
 
     config = TrainConfig.from_file(args.config)
     if args.out_dir:
@@ -66,14 +66,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Held-out evaluation of a hypernetwork (--hypernet, default the shipped one): needle, facts, collapse."""
-    from ..hypernet import default_hypernet_dir
-    from .evaluate import EvalConfig, density_markdown, evaluate_capacity, evaluate_density, evaluate_hypernet
+    from ..checkpoints import default_hypernet_dir
+    from ..evaluation.d2l import EvalConfig, density_markdown, evaluate_capacity, evaluate_density, evaluate_hypernet
 
     base = load_base_model(args.base_model, dtype=args.dtype, device=args.device)
     path = args.hypernet or default_hypernet_dir()
     hypernet = DocToLoRA.from_pretrained(path, base=base, device=base.device)
     if args.prose:
-        from .prose_eval import evaluate_prose
+        from ..evaluation.prose import evaluate_prose
 
         name = str(path) if args.hypernet else "the shipped checkpoint"
         table = evaluate_prose(hypernet, base, quick=args.quick, replies_path=args.replies).to_markdown(name)
@@ -89,7 +89,7 @@ def run_eval(args: argparse.Namespace) -> int:
                             facts_documents=4) if args.quick else EvalConfig()
         table = evaluate_hypernet(hypernet, base, config).to_markdown()
     if args.capacity and args.prose:
-        from .prose_eval import capacity_markdown, evaluate_prose_capacity
+        from ..evaluation.prose import capacity_markdown, evaluate_prose_capacity
 
         cap = evaluate_prose_capacity(base, hypernet.config, articles=3 if args.quick else 8)
         table += "\n\n" + capacity_markdown(cap, hypernet.config.rank)

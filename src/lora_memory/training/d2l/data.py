@@ -218,7 +218,7 @@ def facts_example(rng: random.Random, split: Split, n_facts: tuple[int, int] = (
 
 
 def make_example(rng: random.Random, kind: str, split: Split, **params) -> Example:
-    """Dispatch by family name: ``needle``, ``facts`` or ``prose`` (real text, see ``training.prose``)."""
+    """Dispatch by family name: ``needle``, ``facts`` or ``prose`` (real text, see ``training.d2l.prose``)."""
     if kind == "needle":
         return needle_example(rng, split, **params)
     if kind == "facts":

@@ -1,6 +1,6 @@
 """Held-out evaluation on real prose (``lora-memory eval --prose``).
 
-The documents are held-out Wikipedia summaries (``training.prose``: never trained
+The documents are held-out Wikipedia summaries (``training.d2l.prose``: never trained
 on, not even as distractors). Two question sets:
 
 - **hand-written**: questions written by another author from the texts alone,
@@ -40,10 +40,10 @@ from ..generation import GenerationConfig, encode_chat, generate
 from ..hypernet import DocToLoRA
 from ..routing import BM25Index
 from ..hypernet import HypernetConfig
-from .baseline import distill_document
-from .data import Example
-from .prose import Article, article_questions, cloze_questions, continuations, load_articles, sentences
-from .teacher import in_context_prompt
+from ..training.d2l.baseline import distill_document
+from ..training.d2l.data import Example
+from ..training.d2l.prose import Article, article_questions, cloze_questions, continuations, load_articles, sentences
+from ..training.d2l.teacher import in_context_prompt
 
 QUESTIONS_FILE = Path(__file__).with_name("prose_questions.json")
 RULE_TYPES = ("cloze", "capital", "population", "located", "founded")

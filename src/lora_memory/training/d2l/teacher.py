@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from ..base import BaseModel
-from ..generation import GenerationConfig, encode_chat, generate
-from .batching import StudentBatch, student_batch
+from ...base import BaseModel
+from ...generation import GenerationConfig, encode_chat, generate
+from ..batching import StudentBatch, student_batch
 from .data import Example
 
 

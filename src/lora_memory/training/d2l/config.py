@@ -12,7 +12,7 @@ STRICT = ConfigDict(extra="forbid")
 
 
 class TaskSpec(BaseModel):
-    """One data family in a stage's mix, with its generator parameters (see ``training.data``)."""
+    """One data family in a stage's mix, with its generator parameters (see ``training.d2l.data``)."""
 
     model_config = STRICT
 

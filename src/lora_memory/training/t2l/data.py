@@ -23,8 +23,8 @@ from functools import partial
 
 from transformers import PreTrainedTokenizerBase
 
-from . import t2l_tasks as g
-from .batching import StudentBatch, answer_ids, student_batch
+from . import tasks as g
+from ..batching import StudentBatch, answer_ids, student_batch
 
 
 @dataclass(frozen=True)

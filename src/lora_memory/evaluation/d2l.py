@@ -34,10 +34,10 @@ from ..chunking import Chunk, chunk_text
 from ..generation import GenerationConfig, generate
 from ..hypernet import DocToLoRA, HypernetConfig
 from ..routing import BM25Index
-from .baseline import distill_document
-from .data import Example, facts_example, needle_example
-from .diagnostics import adapter_spread
-from .teacher import in_context_prompt
+from ..training.d2l.baseline import distill_document
+from ..training.d2l.data import Example, facts_example, needle_example
+from ..training.diagnostics import adapter_spread
+from ..training.d2l.teacher import in_context_prompt
 
 _EDGE = re.compile(r"^[\W_]+|[\W_]+$")
 
@@ -179,7 +179,7 @@ def evaluate_capacity(base: BaseModel, config: HypernetConfig, documents: int = 
                       seed: int = 4321) -> dict[str, float]:
     """Rung 1 of the ladder: does a free rank-r LoRA on the same targets store one document's facts?
 
-    Trains :func:`~lora_memory.training.baseline.distill_document` on each document and
+    Trains :func:`~lora_memory.training.d2l.baseline.distill_document` on each document and
     answers by greedy generation with the trained adapter.
     """
     rng = random.Random(seed)

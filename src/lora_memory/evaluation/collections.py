@@ -1,4 +1,4 @@
-"""Accuracy and answer latency as a collection grows: ``python -m lora_memory.eval_collections``.
+"""Accuracy and answer latency as a collection grows: ``python -m lora_memory.evaluation.collections``.
 
 For each collection size N (default 1, 10 and 100 documents) a collection holds
 N - 1 distractors and, one at a time, a target document; every question about the
@@ -20,8 +20,8 @@ Writes ``<out>/collections.md``, ``<out>/collections.json`` (every answer) and
 
 Usage::
 
-    python -m lora_memory.eval_collections                          # ~10 min on one core
-    python -m lora_memory.eval_collections --quick --out /tmp/eval  # sizes 1 and 10, a smoke test
+    python -m lora_memory.evaluation.collections                          # ~10 min on one core
+    python -m lora_memory.evaluation.collections --quick --out /tmp/eval  # sizes 1 and 10, a smoke test
 """
 
 from __future__ import annotations
@@ -49,15 +49,15 @@ from pydantic import BaseModel as PydanticModel  # noqa: E402
 from pydantic import Field  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from . import paths  # noqa: E402
-from .base import BaseModel, load_base_model  # noqa: E402
-from .config import MemoryConfig  # noqa: E402
-from .generation import GenerationConfig  # noqa: E402
-from .hypernet import DocToLoRA, default_hypernet_dir  # noqa: E402
-from .memory import LoRAMemory  # noqa: E402
-from .models import load_hypernet  # noqa: E402
-from .training.data import QA, Example, facts_example, needle_example  # noqa: E402
-from .training.evaluate import contains, exact_match  # noqa: E402
+from .. import paths  # noqa: E402
+from ..base import BaseModel, load_base_model  # noqa: E402
+from ..config import MemoryConfig  # noqa: E402
+from ..generation import GenerationConfig  # noqa: E402
+from ..checkpoints import default_hypernet_dir, load_hypernet  # noqa: E402
+from ..hypernet import DocToLoRA  # noqa: E402
+from ..memory import LoRAMemory  # noqa: E402
+from ..training.d2l.data import QA, Example, facts_example, needle_example  # noqa: E402
+from .d2l import contains, exact_match  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ The router is BM25 over the chunk text stored at ingest: it put the target among
 {hit:.0%} of the questions at worst (any routed setting and size), which leaves a second router (on the
 hypernetwork encoder's pooled states) nothing to win on these tasks, so none was added.
 
-Reproduce: `python -m lora_memory.eval_collections` (add `--hypernet DIR` for another checkpoint, `--quick`
+Reproduce: `python -m lora_memory.evaluation.collections` (add `--hypernet DIR` for another checkpoint, `--quick`
 for a smoke run at sizes 1 and 10).
 """
 
@@ -391,7 +391,7 @@ def machine_info(base: BaseModel) -> dict[str, str]:
 
 # ------------------------------------------------------------------------ CLI
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lora_memory.eval_collections", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lora_memory.evaluation.collections", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="sizes 1 and 10, three questions, one long document (a smoke test)")
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = "**a random initialisation** (no trained checkpoint found): the accuracies mean nothing"
     start = time.perf_counter()
     results = evaluate(base, hypernet, config, progress=True)
-    command = "python -m lora_memory.eval_collections " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m lora_memory.evaluation.collections " + " ".join(argv if argv is not None else sys.argv[1:])
     report = write_outputs(results, args.out, machine_info(base), command.strip(), checkpoint, config,
                            time.perf_counter() - start)
     print(report.read_text())

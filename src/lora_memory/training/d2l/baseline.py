@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..adapter import LoRAAdapter, LoRAWeights
-from ..base import BaseModel
-from ..hypernet import HypernetConfig
-from ..hypernet.targets import find_targets
+from ...adapter import LoRAAdapter, LoRAWeights
+from ...base import BaseModel
+from ...hypernet import HypernetConfig
+from ...hypernet.targets import find_targets
 from .batching import qa_batch
 from .data import Example
-from .objectives import answer_loss
+from ..objectives import answer_loss
 
 
 @dataclass

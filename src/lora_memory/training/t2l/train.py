@@ -17,7 +17,7 @@ checkpoint holds the T2L weights, the optimizer state and the step, so a
 resumed run is exactly the uninterrupted one.
 
 Usage:
-    python -m lora_memory.training.t2l_train --out /work/runs/t2l --steps 1200
+    python -m lora_memory.training.t2l.train --out /work/runs/t2l --steps 1200
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from pydantic import BaseModel as PydanticModel
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from ..adapter import LoRAAdapter, LoRAWeights
-from ..base import BaseModel, load_base_model
-from ..hypernet.t2l import T2LConfig, TextToLoRA
-from .checkpoint import read_state, restore_optimizer, save_checkpoint
-from .objectives import LossOutput, answer_loss
-from .t2l_data import TASKS, Task, TaskBatch, task_batches, task_by_name, task_split
-from .trainer import get_lr
+from ...adapter import LoRAAdapter, LoRAWeights
+from ...base import BaseModel, load_base_model
+from ...hypernet.t2l import T2LConfig, TextToLoRA
+from ..checkpoint import read_state, restore_optimizer, save_checkpoint
+from ..objectives import LossOutput, answer_loss
+from .data import TASKS, Task, TaskBatch, task_batches, task_by_name, task_split
+from ..d2l.trainer import get_lr
 
 logger = logging.getLogger(__name__)
 

@@ -22,15 +22,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..adapter import LoRAAdapter
-from ..base import BaseModel, load_base_model
-from ..hypernet import DocToLoRA, HypernetConfig
+from ...adapter import LoRAAdapter
+from ...base import BaseModel, load_base_model
+from ...hypernet import DocToLoRA, HypernetConfig
 from .batching import chunk_examples, compose_rows, qa_batch
-from .checkpoint import read_state, restore_optimizer, save_checkpoint
+from ..checkpoint import read_state, restore_optimizer, save_checkpoint
 from .config import Stage, TrainConfig
 from .data import Example, make_example
-from .diagnostics import adapter_spread
-from .objectives import LossOutput, answer_loss, distill_loss, keep_loss, l1_penalty
+from ..diagnostics import adapter_spread
+from ..objectives import LossOutput, answer_loss, distill_loss, keep_loss, l1_penalty
 from .teacher import Teacher
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Text-to-LoRA training: the task generators, their batches and the T2L trainer."""
