@@ -4,8 +4,8 @@ Held-out data and scoring come from the training package, so these numbers are
 comparable with ``lora-memory eval``: needle-in-a-haystack documents
 (:func:`lora_memory.training.d2l.data.needle_example`, one per depth and length) and
 fictional-fact documents (:func:`~lora_memory.training.d2l.data.facts_example`,
-split ``heldout``), scored with :func:`lora_memory.evaluation.d2l.exact_match`
-and :func:`~lora_memory.evaluation.d2l.contains`. Greedy answers only.
+split ``heldout``), scored with :func:`lora_memory.evaluation.scoring.exact_match`
+and :func:`~lora_memory.evaluation.scoring.contains`. Greedy answers only.
 
 Internalized answers come two ways: with the adapter of the chunk BM25 ranks
 first for the question (what ``LoRAMemory`` does by default, ``top_k=1``) and
@@ -19,8 +19,9 @@ from pathlib import Path
 
 from lora_memory.generation import GenerationConfig, generate
 from lora_memory.training.d2l.data import Example, facts_example, needle_example
-from lora_memory.evaluation.d2l import ChunkedDocument, contains, exact_match
-from lora_memory.training.d2l.teacher import in_context_prompt
+from lora_memory.evaluation.d2l import ChunkedDocument
+from lora_memory.evaluation.scoring import contains, exact_match
+from lora_memory.evaluation.prompts import in_context_prompt
 
 from .common import Context, Section, md_table
 from .plots import grouped_bars
@@ -92,7 +93,7 @@ def run(ctx: Context, img: Path) -> Section:
         + ". *Routed chunk*: the adapter of the chunk BM25 ranks first for the question (the memory's default); "
           "*all chunks*: every chunk's adapter concatenated (the same adapter when the document is one chunk). "
           f"RAG: top {s.rag_top_k} chunks. *exact*: normalised string match; *contains*: the answer appears in "
-          "the reply (fairer to full-sentence replies).",
+          "the reply as whole words (fairer to full-sentence replies).",
         "",
         "First fictional-fact answer of each variant:",
         *examples,

@@ -12,15 +12,11 @@ order that makes sense:
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from lora_memory import LoRAMemory
-from lora_memory.paths import HOME_ENV
+from lora_memory.paths import temporary_home
 
 from .common import Context, Section, Stats, Target, md_table, timing_document
 from .footprint import adapter_bytes_per_rank
@@ -29,24 +25,9 @@ from .plots import grouped_bars
 FIRST, HIT, UNCHANGED = "first ingest", "cache hit (new collection)", "unchanged re-add (same collection)"
 
 
-@contextmanager
-def fresh_home() -> Iterator[Path]:
-    """A temporary ``LORA_MEMORY_HOME`` for the duration of the block (the previous value restored after)."""
-    previous = os.environ.get(HOME_ENV)
-    with tempfile.TemporaryDirectory(prefix="lora-memory-bench-") as home:
-        os.environ[HOME_ENV] = home
-        try:
-            yield Path(home)
-        finally:
-            if previous is None:
-                os.environ.pop(HOME_ENV, None)
-            else:
-                os.environ[HOME_ENV] = previous
-
-
 def _one_run(ctx: Context, text: str) -> dict[str, float]:
     times = {}
-    with fresh_home():
+    with temporary_home(prefix="lora-memory-bench-"):
         with LoRAMemory.open("first", base=ctx.base, hypernet=ctx.hypernet) as first, \
                 LoRAMemory.open("second", base=ctx.base, hypernet=ctx.hypernet) as second:
             for name, mem in ((FIRST, first), (HIT, second), (UNCHANGED, first)):

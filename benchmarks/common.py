@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import random
 import statistics
 import time
@@ -19,14 +18,13 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel as PydanticModel
 from pydantic import Field
 
-from lora_memory.base import BaseModel, load_base_model
-from lora_memory.checkpoints import default_hypernet_dir
+from lora_memory.base import LoadedModel, load_base_model
+from lora_memory.checkpoints import default_hypernet_dir, resolve_hypernet
+from lora_memory.evaluation.machine import machine_info
 from lora_memory.hypernet import DocToLoRA
-from lora_memory.hypernet.pretrained import CONFIG_NAME
 from lora_memory.training.d2l.data import needle_example
 
 if TYPE_CHECKING:
@@ -143,41 +141,9 @@ def measure(variants: dict[str, Callable[[], Any]], runs: int, warmup: int,
 
 
 # --------------------------------------------------------------- machine
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages, or n/a where the platform has none."""
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
-def machine_info(settings: BenchSettings) -> dict[str, Any]:
-    """What the numbers were measured on."""
-    import transformers
-
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        "dtype": DTYPE,
-        "device": "cpu",
-        "load_average_at_start": load_average(),
-        "mode": settings.mode,
-        "runs": settings.runs,
-    }
+def bench_machine_info(settings: BenchSettings) -> dict[str, Any]:
+    """What the numbers were measured on (:func:`~lora_memory.evaluation.machine.machine_info`) and how."""
+    return {**machine_info(), "dtype": DTYPE, "device": "cpu", "mode": settings.mode, "runs": settings.runs}
 
 
 # ---------------------------------------------------------------- models
@@ -186,7 +152,7 @@ class Context:
     """The loaded models and settings every benchmark receives."""
 
     settings: BenchSettings
-    base: BaseModel
+    base: LoadedModel
     hypernet: DocToLoRA
     hypernet_trained: bool
     rag: RagPipeline
@@ -199,19 +165,14 @@ class Context:
                 "its cost is identical, its answers carry no document knowledge)")
 
 
-def load_hypernet(base: BaseModel, seed: int) -> tuple[DocToLoRA, bool]:
+def load_hypernet(base: LoadedModel, seed: int) -> tuple[DocToLoRA, bool]:
     """The shipped checkpoint when this checkout has one (True), else a seeded random init of the default config.
 
     The random init has the checkpoint's shapes, so it costs the same time and memory.
     A checkpoint that does not fit the base model raises: never measure a stand-in silently.
     """
-    checkpoint = default_hypernet_dir()
-    if (checkpoint / CONFIG_NAME).is_file():
-        return DocToLoRA.from_pretrained(checkpoint, base=base), True
-    logger.warning("no trained hypernetwork at %s: timing a random-init one of the same config", checkpoint)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return DocToLoRA.for_base_model(base).eval(), False
+    hypernet, source = resolve_hypernet(None, base, seed, fall_back=False)
+    return hypernet, source == "shipped"
 
 
 def load_context(settings: BenchSettings) -> Context:
@@ -238,7 +199,7 @@ class TimingDocument:
     example: Any = field(repr=False)
 
 
-def timing_document(base: BaseModel, n_tokens: int, seed: int) -> TimingDocument:
+def timing_document(base: LoadedModel, n_tokens: int, seed: int) -> TimingDocument:
     """A held-out haystack of about ``n_tokens`` tokens, its needle at half depth (so trimming keeps it)."""
     rng = random.Random(seed * 1_000_003 + n_tokens)
     over = math.ceil(n_tokens * 1.15) + 16

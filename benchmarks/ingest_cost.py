@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from lora_memory.base import BaseModel
+from lora_memory.base import LoadedModel
 from lora_memory.chunking import chunk_text
+from lora_memory.padding import pad_batch
 from lora_memory.training.d2l.baseline import distill_document
 
 from .common import Context, Section, Stats, Target, md_table, measure, timing_document
@@ -39,7 +40,7 @@ INTERNALIZE, PREFILL, PREFILL_CHUNKS, DISTILL, RAG_INDEX = (
 
 
 @torch.inference_mode()
-def prefill(base: BaseModel, token_ids: list[int], window: int = WINDOW) -> None:
+def prefill(base: LoadedModel, token_ids: list[int], window: int = WINDOW) -> None:
     """Full-model forward over ``token_ids`` one window at a time, building the KV cache as a prefill does."""
     for start in range(0, len(token_ids), window):
         ids = torch.tensor([token_ids[start:start + window]], device=base.device)
@@ -47,17 +48,12 @@ def prefill(base: BaseModel, token_ids: list[int], window: int = WINDOW) -> None
 
 
 @torch.inference_mode()
-def prefill_chunks(base: BaseModel, chunks: list[list[int]], batch_size: int = PREFILL_BATCH) -> None:
+def prefill_chunks(base: LoadedModel, chunks: list[list[int]], batch_size: int = PREFILL_BATCH) -> None:
     """Full-model forward over chunks, ``batch_size`` at a time, right-padded."""
     pad = base.tokenizer.pad_token_id or 0
     for start in range(0, len(chunks), batch_size):
         group = chunks[start:start + batch_size]
-        width = max(len(c) for c in group)
-        ids = torch.full((len(group), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for i, c in enumerate(group):
-            ids[i, :len(c)] = torch.tensor(c)
-            mask[i, :len(c)] = 1
+        ids, mask = pad_batch(group, pad)
         base.model(input_ids=ids.to(base.device), attention_mask=mask.to(base.device), use_cache=False,
                    logits_to_keep=1)
 

@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import random
 import subprocess
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MODES = ("whole", "streamed")
 CHUNK_TOKENS = 256  # the shipped hypernetwork's max_chunk_tokens

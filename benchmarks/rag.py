@@ -5,7 +5,7 @@ The document is cut into the same token chunks the hypernetwork internalizes
 chunks are embedded with the local MiniLM model (:mod:`benchmarks.minilm`). At
 question time the ``top_k`` most similar chunks, in document order, precede the
 question exactly as the in-context baseline's document does
-(:func:`lora_memory.training.d2l.teacher.in_context_prompt`), and the same
+(:func:`lora_memory.evaluation.prompts.in_context_prompt`), and the same
 :func:`lora_memory.generation.generate` answers.
 """
 
@@ -17,17 +17,17 @@ from llama_index.core import VectorStoreIndex
 from llama_index.core.embeddings import BaseEmbedding
 from llama_index.core.schema import TextNode
 
-from lora_memory.base import BaseModel
+from lora_memory.base import LoadedModel
 from lora_memory.chunking import chunk_text
 from lora_memory.generation import GenerationConfig, Generated, generate
-from lora_memory.training.d2l.teacher import in_context_prompt
+from lora_memory.evaluation.prompts import in_context_prompt
 
 
 @dataclass
 class RagPipeline:
     """Index documents and answer questions with retrieved chunks in the prompt."""
 
-    base: BaseModel
+    base: LoadedModel
     embed_model: BaseEmbedding
     chunk_tokens: int
     top_k: int

@@ -21,21 +21,18 @@ Usage::
 
 from __future__ import annotations
 
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing may load from a hub
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
+import argparse
+import statistics
 
-from transformers import AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer
 
-from lora_memory.base import embedded_model_dir  # noqa: E402
-from lora_memory.chunking import chunk_text  # noqa: E402
-from lora_memory.config import DEFAULT_MIN_RELEVANCE  # noqa: E402
-from lora_memory.evaluation.collections import CollectionEvalConfig, make_documents  # noqa: E402
-from lora_memory.routing import BM25Index  # noqa: E402
+from lora_memory.base import embedded_model_dir
+from lora_memory.chunking import chunk_text
+from lora_memory.config import DEFAULT_MIN_RELEVANCE
+from lora_memory.evaluation.collections import CollectionEvalConfig, make_documents
+from lora_memory.routing import BM25Index
 
 CHUNK_TOKENS = 256  # the shipped hypernetwork's max_chunk_tokens, the memory's default chunk length
 THRESHOLDS = (0.15, 0.2, 0.25, 0.3)

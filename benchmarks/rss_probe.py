@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
 
-import torch  # noqa: E402
+import torch
 
-from lora_memory.base import load_base_model  # noqa: E402
-from lora_memory.generation import GenerationConfig, generate  # noqa: E402
-from lora_memory.training.d2l.teacher import in_context_prompt  # noqa: E402
+from lora_memory.base import load_base_model
+from lora_memory.generation import GenerationConfig, generate
+from lora_memory.evaluation.prompts import in_context_prompt
 
-from .common import DTYPE, load_hypernet, timing_document  # noqa: E402
+from .common import DTYPE, load_hypernet, timing_document
 
 VARIANTS = ("base", "internalized", "in-context", "rag")
 

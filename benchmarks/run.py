@@ -16,25 +16,24 @@ Speed targets are checked here and reported as PASS/MISS; they are never unit te
 
 from __future__ import annotations
 
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing may load from a hub
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import datetime
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
-from . import accuracy, answer_latency, cache_reuse, footprint, ingest_cost, serving_load  # noqa: E402
-from .common import (BenchSettings, Context, Section, Target, load_average, load_context, machine_info,
-                     md_table)  # noqa: E402
+from . import accuracy, answer_latency, cache_reuse, footprint, ingest_cost, serving_load
+from lora_memory.evaluation.machine import load_average
+
+from .common import (BenchSettings, Context, Section, Target, load_context, bench_machine_info,
+                     md_table)
 
 logger = logging.getLogger("benchmarks")
 
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     ctx = load_context(settings)
-    machine = machine_info(settings)
+    machine = bench_machine_info(settings)
     command = "python -m benchmarks.run" + {"full": "", "quick": " --quick", "smoke": " --smoke"}[mode]
     if set(chosen) != set(BENCHMARKS):
         command += f" --only {','.join(chosen)}"

@@ -35,7 +35,9 @@ from lora_memory.scheduler import DecodeRequest, Scheduler
 from lora_memory.server import BackgroundServer, create_app
 from lora_memory.service import MemoryService
 
-from .common import Context, Section, Stats, Target, load_average, md_table, measure
+from lora_memory.evaluation.machine import load_average
+
+from .common import Context, Section, Stats, Target, md_table, measure
 from .plots import line_plot
 
 BATCHED, SERIAL = "batched", "serialized"

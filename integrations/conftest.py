@@ -14,20 +14,18 @@ so there is one definition of them.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may load from a hub
 
-import pytest  # noqa: E402
+import pytest
 
-from lora_memory import Answer, DocumentInfo, GenerationConfig, LoRAMemory, MemoryConfig, Source  # noqa: E402
-from lora_memory.errors import DocumentNotFoundError, DuplicateDocumentError, EmptyDocumentError  # noqa: E402
-from lora_memory.loaders import text_doc_id  # noqa: E402
+from lora_memory import Answer, DocumentInfo, GenerationConfig, LoRAMemory, MemoryConfig, Source
+from lora_memory.errors import DocumentNotFoundError, DuplicateDocumentError, EmptyDocumentError
+from lora_memory.loaders import text_doc_id
 
 
 def _load_core_test_module(filename: str, module_name: str) -> Any:

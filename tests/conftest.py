@@ -11,17 +11,14 @@ the one-off GGUF conversion (~20 s) happens once per machine, not once per run.
 
 from __future__ import annotations
 
-import os
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may load from a hub
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from collections.abc import Callable, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import (  # noqa: E402
+import pytest
+import torch
+from transformers import (
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
@@ -30,9 +27,9 @@ from transformers import (  # noqa: E402
     Qwen2ForCausalLM,
 )
 
-from lora_memory import paths  # noqa: E402
-from lora_memory.adapter import LoRAAdapter, LoRAWeights  # noqa: E402
-from lora_memory.base import BaseModel, embedded_model_dir, load_base_model, model_fingerprint  # noqa: E402
+from lora_memory import paths
+from lora_memory.adapter import LoRAAdapter, LoRAWeights
+from lora_memory.base import LoadedModel, embedded_model_dir, load_base_model, model_fingerprint
 
 TINY_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=2048)
@@ -45,12 +42,9 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def lora_memory_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def lora_memory_home() -> Iterator[Path]:
     """A throwaway ``LORA_MEMORY_HOME`` for the session; converted models stay in the persistent cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(paths.MODELS_ENV, str(paths.models_dir()))  # resolved before the home moves
-        home = tmp_path_factory.mktemp("lora-memory-home")
-        mp.setenv(paths.HOME_ENV, str(home))
+    with paths.temporary_home(prefix="lora-memory-test-home-") as home:
         yield home
 
 
@@ -63,33 +57,33 @@ def tokenizer(lora_memory_home: Path) -> PreTrainedTokenizerBase:
     return tok
 
 
-def _tiny_base(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, name: str) -> BaseModel:
+def _tiny_base(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, name: str) -> LoadedModel:
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval().requires_grad_(False)
-    return BaseModel(model=model, tokenizer=tokenizer, name=name, fingerprint=model_fingerprint(model))
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=model_fingerprint(model))
 
 
-def _make_tiny_llama(tokenizer: PreTrainedTokenizerBase, seed: int) -> BaseModel:
+def _make_tiny_llama(tokenizer: PreTrainedTokenizerBase, seed: int) -> LoadedModel:
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), **TINY_DIMS)
     return _tiny_base(LlamaForCausalLM(config), tokenizer, f"tiny-llama-{seed}")
 
 
 @pytest.fixture(scope="session")
-def make_tiny_llama(tokenizer: PreTrainedTokenizerBase) -> Callable[[int], BaseModel]:
+def make_tiny_llama(tokenizer: PreTrainedTokenizerBase) -> Callable[[int], LoadedModel]:
     """Builds a fresh 4-layer random llama (fp32) with the embedded tokenizer: same seed, same weights."""
     return lambda seed=0: _make_tiny_llama(tokenizer, seed)
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tokenizer: PreTrainedTokenizerBase) -> BaseModel:
+def tiny_llama(tokenizer: PreTrainedTokenizerBase) -> LoadedModel:
     """A shared tiny random llama. Tests must leave it as they found it (no hooks, no weight edits)."""
     return _make_tiny_llama(tokenizer, seed=0)
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen2(tokenizer: PreTrainedTokenizerBase) -> BaseModel:
+def tiny_qwen2(tokenizer: PreTrainedTokenizerBase) -> LoadedModel:
     """A second architecture (qwen2: biased q/k/v projections, its own module classes)."""
     torch.manual_seed(1)
     config = Qwen2Config(vocab_size=len(tokenizer), **TINY_DIMS)
@@ -97,13 +91,13 @@ def tiny_qwen2(tokenizer: PreTrainedTokenizerBase) -> BaseModel:
 
 
 @pytest.fixture(scope="session", params=["llama", "qwen2"])
-def tiny_base(request: pytest.FixtureRequest) -> BaseModel:
+def tiny_base(request: pytest.FixtureRequest) -> LoadedModel:
     """Each tiny architecture in turn."""
     return request.getfixturevalue(f"tiny_{request.param}")
 
 
 @pytest.fixture(scope="session")
-def embedded_base(lora_memory_home: Path) -> BaseModel:
+def embedded_base(lora_memory_home: Path) -> LoadedModel:
     """The real embedded SmolLM2-135M-Instruct in bf16 on the CPU, for ``@pytest.mark.slow`` tests."""
     return load_base_model("embedded", dtype="bf16", device="cpu")
 

@@ -26,18 +26,16 @@ import sys
 import time
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 
-from lora_memory.collection import Collection  # noqa: E402
-from lora_memory.config import MemoryConfig  # noqa: E402
-from lora_memory.generation import GenerationConfig  # noqa: E402
-from lora_memory.ingest import content_sha256  # noqa: E402
-from lora_memory.memory import LoRAMemory  # noqa: E402
+from lora_memory.collection import Collection
+from lora_memory.config import MemoryConfig
+from lora_memory.generation import GenerationConfig
+from lora_memory.ingest import content_sha256
+from lora_memory.memory import LoRAMemory
 
 WORDS = ("zebra volcano river tower copper market seven north glass orchard signal lantern harbour winter "
          "eruption company iron savanna stripes lions bees colony chess india persia").split()

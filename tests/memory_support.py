@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from lora_memory.base import BaseModel
+from lora_memory.base import LoadedModel
 from lora_memory.hypernet import DocToLoRA
 
 TINY_HYPERNET = {"input_layer": 2, "max_chunk_tokens": 32}
@@ -18,7 +18,7 @@ NOISE_STD = 0.05
 MAX_NEW_TOKENS = 6
 
 
-def tiny_hypernet(base: BaseModel, seed: int = 0) -> DocToLoRA:
+def tiny_hypernet(base: LoadedModel, seed: int = 0) -> DocToLoRA:
     """A random Doc-to-LoRA for a 4-layer tiny base, with every weight perturbed.
 
     The default initialisation makes every adapter zero (a no-op); the noise makes
@@ -34,7 +34,7 @@ def tiny_hypernet(base: BaseModel, seed: int = 0) -> DocToLoRA:
     return hypernet.eval()
 
 
-def open_tiny_memory(root: Path, name: str, base: BaseModel, hypernet: DocToLoRA, **config: Any) -> Any:
+def open_tiny_memory(root: Path, name: str, base: LoadedModel, hypernet: DocToLoRA, **config: Any) -> Any:
     """The collection ``root / name`` on the given models, its cache in ``root / "cache"``; config fields as keywords
     (answers of ``MAX_NEW_TOKENS`` tokens unless ``generation`` is given)."""
     from lora_memory.config import MemoryConfig
@@ -46,7 +46,7 @@ def open_tiny_memory(root: Path, name: str, base: BaseModel, hypernet: DocToLoRA
     return LoRAMemory.open(name, directory=root / name, config=MemoryConfig(**config), base=base, hypernet=hypernet)
 
 
-def save_models(base: BaseModel, hypernet: DocToLoRA, directory: Path) -> tuple[Path, Path]:
+def save_models(base: LoadedModel, hypernet: DocToLoRA, directory: Path) -> tuple[Path, Path]:
     """Save the base model (with its tokenizer) and the hypernetwork; returns their directories."""
     base_dir, hypernet_dir = directory / "base", directory / "hypernet"
     base.model.save_pretrained(base_dir)

@@ -15,6 +15,8 @@ from lora_memory.adapter import (
     PEFT_CONFIG_NAME,
     LoRAAdapter,
     LoRAWeights,
+    compose,
+    compose_rows,
 )
 from lora_memory.apply import apply_adapter
 from lora_memory.errors import CorruptEntryError, IncompatibleAdapterError
@@ -63,6 +65,43 @@ def test_concat_rejects_empty_and_mismatched_shapes():
     other = LoRAAdapter({"m1": _pair(2, 0, d_in=D_IN + 1)})
     with pytest.raises(ValueError, match="m1"):
         LoRAAdapter.concat([_adapter({"m1": 2}), other])
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_compose_counts_the_shared_bias_once(k):
+    parts = [_adapter({"m": 3}, scaling=2.0, seed=10 * i) for i in range(k)]
+    bias = _adapter({"m": 3}, scaling=2.0, seed=99)
+    composed = compose(parts, bias, metadata={"n_chunks": k})
+    expected = sum(p.delta("m") for p in parts) - (k - 1) * bias.delta("m")
+    torch.testing.assert_close(composed.delta("m"), expected, atol=1e-4, rtol=1e-4)
+    assert composed.rank == 3 * k + (3 if k > 1 else 0) and composed.metadata == {"n_chunks": k}
+    torch.testing.assert_close(compose(parts).delta("m"), sum(p.delta("m") for p in parts), atol=1e-4, rtol=1e-4)
+
+
+def test_compose_rejects_no_parts():
+    with pytest.raises(ValueError, match="at least one"):
+        compose([], _adapter({"m": 2}))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_compose_rows_gives_each_group_its_composed_delta(with_bias):
+    rows = LoRAAdapter({"m": _pair(2, 5, batch=(5,))}, scaling=1.5)
+    bias = LoRAAdapter({"m": _pair(2, 6)}, scaling=1.5) if with_bias else None
+    groups = [[0, 1, 2], [3], [4, 1]]  # unequal sizes: the shorter groups are zero padded
+    out = compose_rows(rows, groups, bias).unbatch()
+    singles = rows.unbatch()
+    assert len(out) == len(groups)
+    for row, group in zip(out, groups):
+        expected = sum(singles[i].delta("m") for i in group)
+        if bias is not None:
+            expected = expected - (len(group) - 1) * bias.delta("m")
+        torch.testing.assert_close(row.delta("m"), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_compose_rows_of_single_chunk_groups_selects_rows():
+    rows = LoRAAdapter({"m": _pair(2, 7, batch=(3,))})
+    out = compose_rows(rows, [[2], [0]], LoRAAdapter({"m": _pair(2, 8)}))
+    torch.testing.assert_close(out.weights["m"].A, rows.weights["m"].A[[2, 0]])
 
 
 def test_rank_mismatch_inside_a_pair_is_rejected():

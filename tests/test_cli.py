@@ -237,7 +237,7 @@ def test_id_with_several_paths_and_missing_document(cli, notes, tmp_path):
 
 def test_task_without_text_to_lora_is_a_clear_error(cli, notes, monkeypatch):
     cli("ingest", str(notes), "-c", "notes")
-    monkeypatch.setitem(sys.modules, "lora_memory.tasks", None)
+    monkeypatch.setattr("lora_memory.tasks.default_t2l_dir", lambda: notes.parent / "no-t2l-here")
     code, out, err = cli("ask", QUESTION, "-c", "notes", "--task", "be brief")
     assert code == EXIT_ERROR and out == "" and "Text-to-LoRA" in err
 

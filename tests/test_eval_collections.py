@@ -8,12 +8,12 @@ import os
 import pytest
 
 from lora_memory import paths
+from lora_memory.evaluation.machine import machine_info
 from lora_memory.evaluation.collections import (
     PLOT_NAME,
     RESULTS_NAME,
     CollectionEvalConfig,
     evaluate,
-    machine_info,
     make_documents,
     parse_args,
     write_outputs,

@@ -266,9 +266,9 @@ def test_composed_adapters_are_reused_until_the_collection_changes(open_memory, 
     assert memory.adapter("Which volcano erupts in Sicily?") is first and composed == [1, 1]
 
 
-def test_task_adapter_is_added(open_memory, monkeypatch, tiny_llama, make_lora):
-    import sys
-    import types
+def test_task_adapter_is_added(open_memory, monkeypatch, tiny_llama, make_lora, tmp_path):
+    from lora_memory import composer, tasks
+    from lora_memory.errors import ModelNotFoundError
 
     calls = []
 
@@ -276,13 +276,14 @@ def test_task_adapter_is_added(open_memory, monkeypatch, tiny_llama, make_lora):
         calls.append((base, description))
         return make_lora(base.model, rank=2)
 
-    monkeypatch.setitem(sys.modules, "lora_memory.tasks", types.SimpleNamespace(task_adapter=task_adapter))
+    monkeypatch.setattr(composer, "task_adapter", task_adapter)
     memory = open_memory()
     memory.add(ZEBRA)
     answer = memory.ask("Zebras?", task="answer in French")
     assert answer.adapter_rank == 8 + 2 and calls == [(tiny_llama, "answer in French")]
-    monkeypatch.setitem(sys.modules, "lora_memory.tasks", None)  # as if the module did not exist
-    with pytest.raises(NotImplementedError, match="Text-to-LoRA"):
+    monkeypatch.setattr(composer, "task_adapter", tasks.task_adapter)
+    monkeypatch.setattr(tasks, "default_t2l_dir", lambda: tmp_path / "absent")  # no T2L checkpoint shipped
+    with pytest.raises(ModelNotFoundError, match="Text-to-LoRA"):
         memory.ask("Zebras?", task="another task")
 
 

@@ -17,8 +17,8 @@ from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
 from lora_memory.training.objectives import keep_loss
 from lora_memory.training.d2l.prose import (BLANK, article_questions, corpus_path, load_articles, prose_example,
                                         split_of_title)
-from lora_memory.evaluation.prose import (answer_contains, answer_exact, evaluate_questions,
-                                             handwritten_questions, rule_questions)
+from lora_memory.evaluation.prose import evaluate_questions, handwritten_questions, rule_questions
+from lora_memory.evaluation.scoring import contains, exact_match
 from lora_memory.training.d2l.trainer import Trainer
 
 TINY_HYPERNET = {"target_layers": [1, 2], "input_layer": 1, "max_chunk_tokens": 64, "rank": 4,
@@ -107,10 +107,10 @@ def test_a_prose_run_trains_with_the_keep_term(tiny_llama, tmp_path):
 
 
 def test_answer_scoring():
-    assert answer_contains("It lies on Hakata Bay, in Kyushu.", ["Hakata Bay"])
-    assert not answer_contains("Hakatabay", ["Hakata Bay"])
-    assert not answer_contains("In 19070.", ["1907"])
-    assert answer_exact("Kyushu.", ["Kyūshū", "Kyushu"]) and not answer_exact("Kyushu, Japan", ["Kyushu"])
+    assert contains("It lies on Hakata Bay, in Kyushu.", ["Hakata Bay"])
+    assert not contains("Hakatabay", ["Hakata Bay"])
+    assert not contains("In 19070.", ["1907"])
+    assert exact_match("Kyushu.", ["Kyūshū", "Kyushu"]) and not exact_match("Kyushu, Japan", ["Kyushu"])
 
 
 def test_question_sets_are_held_out():

@@ -28,7 +28,6 @@ import torch
 from filelock import FileLock
 
 from lora_memory import LoRAMemory, MemoryConfig, chunking, ingest
-from lora_memory.cache import AdapterCache
 from lora_memory.collection import ADAPTERS_DIR, MANIFEST_NAME, Collection
 from lora_memory.errors import (CollectionError, CorruptManifestError, DuplicateDocumentError, InvalidNameError)
 from lora_memory.generation import GenerationConfig, generate

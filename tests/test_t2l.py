@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lora_memory.adapter import LoRAAdapter, LoRAWeights
 from lora_memory.apply import apply_adapter
-from lora_memory.base import BaseModel, model_fingerprint
+from lora_memory.base import LoadedModel, model_fingerprint
 from lora_memory.errors import CorruptEntryError, IncompatibleAdapterError, ModelNotFoundError
 from lora_memory.hypernet.pretrained import WEIGHTS_NAME
 from lora_memory.hypernet.t2l import T2LConfig, TextToLoRA
@@ -25,11 +25,11 @@ from lora_memory.evaluation.t2l import (
     DOC_BEGIN,
     DOC_END,
     EVAL_SEED,
-    contains,
     evaluate_task,
     greedy_answers,
     write_doc,
 )
+from lora_memory.evaluation.scoring import contains
 from lora_memory.training.t2l.train import T2LTrainConfig, delta_distance, stack_adapters, train
 
 VARIANTS = ["L", "M", "S"]
@@ -203,13 +203,13 @@ def _log(tmp_path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def steerable_llama(tokenizer) -> BaseModel:
+def steerable_llama(tokenizer) -> LoadedModel:
     """A tiny llama with larger weights: the default 0.02 init keeps every logit near 0, so no LoRA can fit."""
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3)
     model = LlamaForCausalLM(config).eval().requires_grad_(False)
-    return BaseModel(model, tokenizer, "tiny-steerable", model_fingerprint(model))
+    return LoadedModel(model, tokenizer, "tiny-steerable", model_fingerprint(model))
 
 
 def test_sft_training_reduces_the_loss_on_a_toy_task(steerable_llama, tmp_path):

@@ -8,13 +8,23 @@ Example:
 
 The public names are imported on first use, so ``import lora_memory.paths``
 does not load torch.
+
+Importing the package sets the offline environment, the one place it is set:
+``HF_HUB_OFFLINE=1`` (lora-memory never downloads; huggingface_hub reads the
+variable once, when it is first imported, so it must be set before transformers
+loads) and ``TOKENIZERS_PARALLELISM=false``. Values already set are kept. The
+test suite loads the package first (``-p lora_memory`` in pytest's options).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 try:
     __version__ = version("lora-memory")

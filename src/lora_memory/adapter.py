@@ -260,3 +260,62 @@ class LoRAAdapter:
         }
         (directory / PEFT_CONFIG_NAME).write_text(json.dumps(config, indent=2))
         return directory
+
+
+# ---------------------------------------------------------------- composition of chunk adapters
+def _bias_weight(n_parts: int) -> float:
+    """The weight of the bias rows appended to an ``n_parts`` composition: the parts hold it ``n_parts`` times."""
+    return -(n_parts - 1.0)
+
+
+def compose(parts: list[LoRAAdapter], bias: LoRAAdapter | None = None,
+            metadata: Mapping[str, Any] | None = None) -> LoRAAdapter:
+    """Chunk adapters -> one adapter: concatenated along rank, the shared bias counted once.
+
+    Every chunk adapter a hypernetwork writes contains its shared term
+    ``bias.B @ bias.A``; with ``bias`` an extra rank-r part of weight ``-(K - 1)``
+    is appended so that K chunks count it once, as a single-chunk document does.
+
+    Args:
+        parts: the chunk adapters (unbatched), in document order.
+        bias: the document-independent part every chunk holds, or None to add the parts as they are.
+        metadata: the result's metadata (default: the first part's).
+
+    Raises:
+        ValueError: no parts, or two parts disagree on a module's shape.
+    """
+    if not parts:
+        raise ValueError("compose needs at least one chunk adapter")
+    extra = []
+    if bias is not None and len(parts) > 1:
+        weight = _bias_weight(len(parts))
+        extra = [LoRAAdapter({k: LoRAWeights(w.A, weight * w.B) for k, w in bias.weights.items()}, bias.scaling)]
+    return LoRAAdapter.concat(parts + extra, metadata=metadata)
+
+
+def compose_rows(adapter: LoRAAdapter, groups: list[list[int]], bias: LoRAAdapter | None = None) -> LoRAAdapter:
+    """:func:`compose` for a batch: per-chunk rows -> one row per group of chunks (a document).
+
+    ``groups[i]`` lists the rows of ``adapter`` that make up document ``i``.
+    Shorter groups are padded with zero rank rows, which add nothing, so every
+    row has the same rank; gradients flow through every row and through ``bias``.
+    """
+    if all(len(g) == 1 for g in groups):
+        return adapter.select(torch.tensor([g[0] for g in groups]))
+    k = max(len(g) for g in groups)
+    weights = torch.tensor([_bias_weight(len(g)) for g in groups])  # (N,)
+    out = {}
+    for name, w in adapter.weights.items():
+        C, r, d_in = w.A.shape
+        pad_a = w.A.new_zeros(1, r, d_in)
+        pad_b = w.B.new_zeros(1, w.B.shape[1], r)
+        a_all, b_all = torch.cat([w.A, pad_a]), torch.cat([w.B, pad_b])  # index C is the zero pad
+        idx = torch.tensor([g + [C] * (k - len(g)) for g in groups])  # (N, k)
+        a = a_all[idx].reshape(len(groups), k * r, d_in)  # (N, k*r, d_in)
+        b = b_all[idx].permute(0, 2, 1, 3).reshape(len(groups), -1, k * r)  # (N, d_out, k*r)
+        if bias is not None:
+            bw = bias.weights[name]
+            a = torch.cat([a, bw.A.expand(len(groups), -1, -1)], dim=1)
+            b = torch.cat([b, weights.to(b)[:, None, None] * bw.B], dim=2)
+        out[name] = LoRAWeights(a, b)
+    return LoRAAdapter(out, adapter.scaling, dict(adapter.metadata))

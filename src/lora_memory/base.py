@@ -11,7 +11,6 @@ directory, loaded with the usual ``from_pretrained``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import shutil
@@ -24,7 +23,7 @@ from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import ModelNotFoundError
-from .paths import models_dir
+from .paths import data_package_file, models_dir
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ FINGERPRINT_SAMPLES = 1024  # elements hashed per weight tensor
 
 
 @dataclass
-class BaseModel:
+class LoadedModel:
     """A loaded base model with its tokenizer and a fingerprint of its weights."""
 
     model: PreTrainedModel
@@ -81,15 +80,7 @@ def embedded_gguf_path() -> Path:
     Raises:
         ModelNotFoundError: the package is not installed; the message gives the pip command.
     """
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"The embedded base model is not installed. Install it with: {EMBEDDED_INSTALL}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path} is missing; reinstall with: {EMBEDDED_INSTALL} --force-reinstall")
-    return path
+    return data_package_file(EMBEDDED_PACKAGE, EMBEDDED_GGUF, EMBEDDED_INSTALL, "The embedded base model")
 
 
 def embedded_model_dir() -> Path:
@@ -150,7 +141,7 @@ def load_base_model(
     *,
     dtype: str | torch.dtype | None = "auto",
     device: str | torch.device | None = "auto",
-) -> BaseModel:
+) -> LoadedModel:
     """Load a frozen causal LM and its tokenizer.
 
     Args:
@@ -180,4 +171,4 @@ def load_base_model(
     model.to(dev).eval().requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return BaseModel(model=model, tokenizer=tokenizer, name=name, fingerprint=model_fingerprint(model))
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=model_fingerprint(model))

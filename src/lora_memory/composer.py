@@ -25,11 +25,12 @@ import threading
 from collections import OrderedDict
 
 from .adapter import LoRAAdapter
-from .base import BaseModel
+from .base import LoadedModel
 from .collection import ChunkRecord, Collection, DocumentRecord
 from .errors import CorruptEntryError
 from .hypernet import DocToLoRA
 from .routing import BM25Index
+from .tasks import task_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class _DamagedChunk(Exception):
 class Composer:
     """Builds the adapter a question gets from a collection. Thread-safe."""
 
-    def __init__(self, collection: Collection, base: BaseModel, hypernet: DocToLoRA, top_k: int | None,
+    def __init__(self, collection: Collection, base: LoadedModel, hypernet: DocToLoRA, top_k: int | None,
                  max_rank: int | None, min_relevance: float | None = None):
         self.collection = collection
         self.base = base
@@ -98,7 +99,7 @@ class Composer:
         because a writer replaced the manifest meanwhile is retried with the new one.
 
         Raises:
-            NotImplementedError: ``task`` is given but Text-to-LoRA is not available.
+            ModelNotFoundError: ``task`` is given but no Text-to-LoRA checkpoint ships with this installation.
         """
         races = 0
         while True:
@@ -224,18 +225,3 @@ class Composer:
         except (OSError, CorruptEntryError) as exc:
             raise _DamagedChunk(chunk.key, str(exc)) from exc
 
-
-def task_adapter(base: BaseModel, description: str) -> LoRAAdapter:
-    """The Text-to-LoRA adapter for a task description (``lora_memory.tasks``, imported on first use).
-
-    Raises:
-        NotImplementedError: ``lora_memory.tasks`` is not available.
-    """
-    try:
-        from .tasks import task_adapter as make
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.tasks":
-            raise
-        raise NotImplementedError("task= needs Text-to-LoRA (lora_memory.tasks), which this version of "
-                                  "lora-memory does not include") from exc
-    return make(base, description)

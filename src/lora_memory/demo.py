@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-from .base import BaseModel, load_base_model
+from .base import LoadedModel, load_base_model
+from .errors import ModelNotFoundError
 from .generation import GenerationConfig, Generated, generate
-from .checkpoints import default_hypernet_dir
-from .hypernet import DocToLoRA
-from .hypernet.pretrained import CONFIG_NAME
+from .checkpoints import resolve_hypernet
 from .memory import LoRAMemory
-from .training.d2l.teacher import in_context_prompt
+from .evaluation.prompts import in_context_prompt
+from .evaluation.scoring import contains
 
 DOCUMENTS: dict[str, str] = {
     "keeper": "Odile Marchetti was born in 1958. Odile Marchetti lives in the city of Varnholm. "
@@ -57,7 +57,7 @@ QUESTIONS: list[tuple[str, str]] = [  # one question per fact, (question, the wo
     ("What does Tessel Works make? Reply with only the product.", "sailboats"),
 ]
 
-Mode = Callable[[BaseModel, str, GenerationConfig], Generated]
+Mode = Callable[[LoadedModel, str, GenerationConfig], Generated]
 
 
 @dataclass
@@ -72,12 +72,12 @@ class Row:
     prompt_tokens: int
 
 
-def in_context(base: BaseModel, question: str, config: GenerationConfig) -> Generated:
+def in_context(base: LoadedModel, question: str, config: GenerationConfig) -> Generated:
     """The documents in the prompt, then the question (what RAG does)."""
     return generate(base.model, base.tokenizer, in_context_prompt(DOCUMENT, question), config=config)
 
 
-def closed_book(base: BaseModel, question: str, config: GenerationConfig) -> Generated:
+def closed_book(base: LoadedModel, question: str, config: GenerationConfig) -> Generated:
     """The question alone, with no adapter: what the base model knows by itself."""
     return generate(base.model, base.tokenizer, question, config=config)
 
@@ -85,21 +85,25 @@ def closed_book(base: BaseModel, question: str, config: GenerationConfig) -> Gen
 def internalized(memory: LoRAMemory) -> Mode:
     """The question alone, answered by the memory: the routed documents' adapters applied."""
 
-    def answer(base: BaseModel, question: str, config: GenerationConfig) -> Generated:
+    def answer(base: LoadedModel, question: str, config: GenerationConfig) -> Generated:
         out = memory.ask(question, generation=config)
         return Generated(text=out.text, prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens)
 
     return answer
 
 
-def build_memory(base: BaseModel, hypernet_dir: Path, directory: Path) -> tuple[LoRAMemory, float] | None:
+def build_memory(base: LoadedModel, hypernet_dir: Path | None, directory: Path) -> tuple[LoRAMemory, float] | None:
     """A collection in ``directory`` holding the demo documents, and the seconds ingesting took.
 
-    None when ``hypernet_dir`` holds no trained checkpoint.
+    ``hypernet_dir`` None means the shipped checkpoint. None when there is no trained
+    checkpoint to use (:func:`~lora_memory.checkpoints.resolve_hypernet` would pick a random init).
     """
-    if not (hypernet_dir / CONFIG_NAME).is_file():
+    try:
+        hypernet, source = resolve_hypernet(hypernet_dir, base)
+    except ModelNotFoundError:
         return None
-    hypernet = DocToLoRA.from_pretrained(hypernet_dir, base=base, device=base.device)
+    if source == "random":
+        return None
     memory = LoRAMemory.open("demo", directory=directory, base=base, hypernet=hypernet)
     start = time.perf_counter()
     for doc_id, text in DOCUMENTS.items():
@@ -115,7 +119,7 @@ def modes(memory: LoRAMemory | None) -> list[tuple[str, Mode]]:
     return out
 
 
-def run(base: BaseModel, config: GenerationConfig, chosen: list[tuple[str, Mode]]) -> list[Row]:
+def run(base: LoadedModel, config: GenerationConfig, chosen: list[tuple[str, Mode]]) -> list[Row]:
     """Answer every question in every chosen mode."""
     rows = []
     for name, mode in chosen:
@@ -123,7 +127,7 @@ def run(base: BaseModel, config: GenerationConfig, chosen: list[tuple[str, Mode]
             start = time.perf_counter()
             out = mode(base, question, config)
             seconds = time.perf_counter() - start
-            rows.append(Row(name, question, out.text.strip(), expected.lower() in out.text.lower(), seconds,
+            rows.append(Row(name, question, out.text.strip(), contains(out.text, expected), seconds,
                             out.prompt_tokens))
     return rows
 
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nThe documents ({len(base.tokenizer(DOCUMENT).input_ids)} tokens), which the model never saw:\n")
     print(DOCUMENT)
     with tempfile.TemporaryDirectory(prefix="lora-memory-demo-") as tmp:
-        built = build_memory(base, Path(args.hypernet) if args.hypernet else default_hypernet_dir(), Path(tmp))
+        built = build_memory(base, Path(args.hypernet) if args.hypernet else None, Path(tmp))
         memory = None
         if built is not None:
             memory, seconds = built

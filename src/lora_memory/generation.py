@@ -32,6 +32,10 @@ class GenerationConfig(PydanticModel):
     seed: int | None = Field(None, description="Seed for sampling; ignored when greedy.")
 
 
+#: The generation settings a caller may override per call: the fields of :class:`GenerationConfig`, listed once.
+GENERATION_FIELDS = frozenset(GenerationConfig.model_fields)
+
+
 @dataclass
 class Generated:
     """Generated text with token counts."""

@@ -27,7 +27,7 @@ import time
 from tqdm.auto import tqdm
 
 from .adapter import LoRAAdapter
-from .base import BaseModel
+from .base import LoadedModel
 from .cache import AdapterCache
 from .chunking import Chunk, iter_chunks
 from .collection import SNIPPET_CHARS, ChunkRecord, Collection, DocumentRecord
@@ -45,7 +45,7 @@ def content_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def ingest_document(doc: LoadedDocument, *, base: BaseModel, hypernet: DocToLoRA, cache: AdapterCache,
+def ingest_document(doc: LoadedDocument, *, base: LoadedModel, hypernet: DocToLoRA, cache: AdapterCache,
                     collection: Collection, chunk_tokens: int, batch_size: int,
                     progress: bool = False) -> DocumentRecord:
     """Store every chunk adapter of ``doc`` in ``collection`` and return its (uncommitted) manifest record.
@@ -99,7 +99,7 @@ class _ProgressLog:
             logger.info("internalized %r: %d chunks in %.1f s", self.doc_id, chunks, time.monotonic() - self.start)
 
 
-def _store_batch(batch: list[Chunk], base: BaseModel, hypernet: DocToLoRA, cache: AdapterCache,
+def _store_batch(batch: list[Chunk], base: LoadedModel, hypernet: DocToLoRA, cache: AdapterCache,
                  collection: Collection, checksums: dict[str, str]) -> list[ChunkRecord]:
     """Records for ``batch``; chunk files not in ``checksums`` are written and added to it.
 
@@ -124,7 +124,7 @@ def _store_batch(batch: list[Chunk], base: BaseModel, hypernet: DocToLoRA, cache
             for k, c in zip(keys, batch)]
 
 
-def _plain(adapter: LoRAAdapter, base: BaseModel, hypernet: DocToLoRA) -> LoRAAdapter:
+def _plain(adapter: LoRAAdapter, base: LoadedModel, hypernet: DocToLoRA) -> LoRAAdapter:
     """The adapter as stored: on the CPU, in the base model's dtype (the dtype it is applied in, so storing
     it costs no precision at query time), with only position-independent metadata (equal chunks, equal bytes)."""
     meta = {"base_model": base.name, "base_fingerprint": base.fingerprint,

@@ -35,18 +35,18 @@ from pydantic import Field
 
 from .aio import iterate_in_thread
 from .adapter import LoRAAdapter
-from .base import BaseModel
+from .base import LoadedModel
 from .cache import AdapterCache
 from .check import CheckReport, check_collection, repair_document
 from .collection import Collection, DocumentInfo
 from .composer import Composed, Composer
 from .config import MemoryConfig
 from .errors import CollectionError, DuplicateDocumentError
-from .generation import GenerationConfig, Messages, encode_chat, generate, stream
+from .generation import GENERATION_FIELDS, GenerationConfig, Messages, encode_chat, generate, stream
 from .hypernet import DocToLoRA
 from .ingest import content_sha256, ingest_document
 from .loaders import LoadedDocument, Source as DocumentSource, check_doc_id, load_documents, text_doc_id
-from .models import load_models
+from .loading import load_models
 from .paths import collection_dir
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class LoRAMemory:
     collection (writers take a file lock, readers see each commit atomically).
     """
 
-    def __init__(self, name: str, collection: Collection, config: MemoryConfig, base: BaseModel,
+    def __init__(self, name: str, collection: Collection, config: MemoryConfig, base: LoadedModel,
                  hypernet: DocToLoRA, cache: AdapterCache):
         self.name = name
         self.config = config
@@ -107,7 +107,7 @@ class LoRAMemory:
 
     @classmethod
     def open(cls, name: str = DEFAULT_COLLECTION, directory: str | Path | None = None,
-             config: MemoryConfig | None = None, base: BaseModel | None = None,
+             config: MemoryConfig | None = None, base: LoadedModel | None = None,
              hypernet: DocToLoRA | None = None) -> LoRAMemory:
         """Open (or create) a collection.
 
@@ -281,7 +281,7 @@ class LoRAMemory:
 
         None when the collection is empty (or nothing is relevant to ``question``) and no task is given.
         """
-        return self._prepare(question, task)[0].adapter
+        return self._composer.prepare(_query(question), task).adapter
 
     def export_peft(self, directory: str | Path, *, max_servable_rank: int | None = VLLM_MAX_LORA_RANK) -> Path:
         """Write the composed adapter of every chunk (compressed to ``max_rank`` if set) as a PEFT directory.
@@ -336,15 +336,8 @@ class LoRAMemory:
         For callers that decode themselves, e.g. the batching server (:mod:`lora_memory.scheduler`).
         Same errors as :meth:`ask`.
         """
-        composed, sources = self._prepare(question, task)
-        return composed.adapter, sources
-
-    def _prepare(self, question: Question | None, task: str | None) -> tuple[Composed, list[Source]]:
-        query = None if question is None else _query_text(question)
-        composed = self._composer.prepare(query, task)
-        return composed, [Source(doc_id=a.doc.doc_id, chunk_index=a.index, metadata=a.doc.metadata,
-                                 snippet=a.chunk.snippet, score=a.score, relevance=a.relevance)
-                          for a in composed.applied]
+        composed = self._composer.prepare(_query(question), task)
+        return composed.adapter, _sources(composed)
 
     # ------------------------------------------------------------- asking
     def ask(self, question: Question, *, task: str | None = None, generation: GenerationConfig | None = None,
@@ -359,13 +352,13 @@ class LoRAMemory:
 
         Raises:
             TypeError: an override is not a generation setting.
-            NotImplementedError: ``task`` is given but Text-to-LoRA is not available.
+            ModelNotFoundError: ``task`` is given but no Text-to-LoRA checkpoint ships with this installation.
             CorruptManifestError: the collection's manifest is not a valid manifest. (A damaged
                 chunk file raises nothing: its document is left out and named in ``damaged``.)
         """
         start = time.perf_counter()
-        prepared, sources = self._prepare(question, task)
-        adapter = prepared.adapter
+        prepared = self._composer.prepare(_query(question), task)
+        sources, adapter = _sources(prepared), prepared.adapter
         composed = time.perf_counter()
         out = generate(self.base.model, self.base.tokenizer, question, adapter,
                        _generation_config(generation or self.config.generation, generation_overrides))
@@ -384,8 +377,8 @@ class LoRAMemory:
         Same arguments and errors as :meth:`ask`.
         """
         start = time.perf_counter()
-        prepared, sources = self._prepare(question, task)
-        adapter = prepared.adapter
+        prepared = self._composer.prepare(_query(question), task)
+        sources, adapter = _sources(prepared), prepared.adapter
         config = _generation_config(generation or self.config.generation, generation_overrides)
         composed = time.perf_counter()
         answer = Answer(text="", sources=sources, adapter_rank=_rank(adapter),
@@ -462,9 +455,19 @@ def _query_text(question: Question) -> str:
     return users[-1] if users else " ".join(m.get("content", "") for m in question)
 
 
+def _query(question: Question | None) -> str | None:
+    return None if question is None else _query_text(question)
+
+
+def _sources(composed: Composed) -> list[Source]:
+    """The chunks ``composed`` applies, as the :class:`Source` list an answer carries."""
+    return [Source(doc_id=a.doc.doc_id, chunk_index=a.index, metadata=a.doc.metadata, snippet=a.chunk.snippet,
+                   score=a.score, relevance=a.relevance) for a in composed.applied]
+
+
 def _generation_config(config: GenerationConfig, overrides: Mapping[str, Any]) -> GenerationConfig:
-    unknown = set(overrides) - set(GenerationConfig.model_fields)
+    unknown = set(overrides) - GENERATION_FIELDS
     if unknown:
         raise TypeError(f"unknown generation settings: {sorted(unknown)}; "
-                        f"valid: {sorted(GenerationConfig.model_fields)}")
+                        f"valid: {sorted(GENERATION_FIELDS)}")
     return GenerationConfig(**{**config.model_dump(), **overrides}) if overrides else config

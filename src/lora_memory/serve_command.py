@@ -41,7 +41,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         raise LoRAMemoryError(f"lora-memory serve needs FastAPI and uvicorn: {SERVE_INSTALL}") from exc
     from .cli import memory_config
-    from .models import load_models
+    from .loading import load_models
     from .scheduler import Scheduler
     from .service import MemoryService
 

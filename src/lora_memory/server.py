@@ -368,7 +368,7 @@ def local_server(config: MemoryConfig | None = None, api_key: str | None = None,
     finishing its requests) when the block ends. What the examples use when no
     ``lora-memory serve`` is running.
     """
-    from .models import load_models
+    from .loading import load_models
 
     config = config or MemoryConfig()
     base, hypernet = load_models(config)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .apply import model_lock
-from .base import BaseModel
+from .base import LoadedModel
 from .collection import DocumentInfo, list_collections
 from .config import MemoryConfig
 from .errors import IncompatibleAdapterError, UnknownCollectionError, UnsupportedDocumentError
@@ -61,7 +61,7 @@ class MemoryService:
     (``--home`` / ``$LORA_MEMORY_HOME``), found anew on every call.
     """
 
-    def __init__(self, config: MemoryConfig, base: BaseModel, hypernet: DocToLoRA, scheduler: Scheduler):
+    def __init__(self, config: MemoryConfig, base: LoadedModel, hypernet: DocToLoRA, scheduler: Scheduler):
         self.config = config
         self.base = base
         self.hypernet = hypernet

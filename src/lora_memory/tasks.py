@@ -19,7 +19,7 @@ import weakref
 from torch import nn
 
 from .adapter import LoRAAdapter
-from .base import BaseModel
+from .base import LoadedModel
 from .checkpoints import default_t2l_dir
 from .errors import ModelNotFoundError
 from .hypernet.pretrained import CONFIG_NAME
@@ -29,7 +29,7 @@ _LOADED: weakref.WeakKeyDictionary[nn.Module, TextToLoRA] = weakref.WeakKeyDicti
 _GUARD = threading.Lock()
 
 
-def default_t2l(base: BaseModel) -> TextToLoRA:
+def default_t2l(base: LoadedModel) -> TextToLoRA:
     """The shipped T2L, loaded once per base model and cached while the model lives.
 
     Raises:
@@ -50,7 +50,7 @@ def default_t2l(base: BaseModel) -> TextToLoRA:
     return t2l
 
 
-def task_adapter(base: BaseModel, description: str, t2l: TextToLoRA | None = None) -> LoRAAdapter:
+def task_adapter(base: LoadedModel, description: str, t2l: TextToLoRA | None = None) -> LoRAAdapter:
     """The LoRA adapter for a task described in plain language.
 
     Args:

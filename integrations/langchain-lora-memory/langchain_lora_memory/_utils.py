@@ -18,8 +18,18 @@ if TYPE_CHECKING:
     from lora_memory import Answer, LoRAMemory, MemoryConfig
 
 PROVIDER = "lora_memory"
-#: Per-call keyword arguments a call may carry, and the memory setting each one sets.
-CALL_SETTINGS = {"max_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed"}
+#: LangChain's names for generation settings that lora-memory names otherwise.
+_LANGCHAIN_NAMES = {"max_new_tokens": "max_tokens"}
+
+
+def call_settings() -> dict[str, str]:
+    """Per-call keyword arguments a call may carry, and the memory setting each one sets.
+
+    Every field of ``lora_memory.GenerationConfig`` except ``stop``, which LangChain passes on its own.
+    """
+    from lora_memory.generation import GENERATION_FIELDS
+
+    return {_LANGCHAIN_NAMES.get(name, name): name for name in sorted(GENERATION_FIELDS - {"stop"})}
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
 
 
@@ -87,12 +97,13 @@ class MemoryBackedModel(BaseModel):
         Raises:
             TypeError: a per-call keyword is not a generation setting.
         """
-        unknown = set(call_kwargs) - set(CALL_SETTINGS)
+        names = call_settings()
+        unknown = set(call_kwargs) - set(names)
         if unknown:
             raise TypeError(f"unsupported call argument(s) {sorted(unknown)}; supported: "
-                            f"{sorted(CALL_SETTINGS)} and stop")
+                            f"{sorted(names)} and stop")
         values = {"max_tokens": self.max_tokens, "temperature": self.temperature, **call_kwargs}
-        settings = {CALL_SETTINGS[key]: value for key, value in values.items() if value is not None}
+        settings = {names[key]: value for key, value in values.items() if value is not None}
         stop = stop if stop is not None else self.stop
         if stop:
             settings["stop"] = list(stop)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from ..base import BaseModel
+from ..base import LoadedModel
 from ..errors import IncompatibleAdapterError, ModelNotFoundError
 from ..hypernet import DocToLoRA
 from ..hypernet.pretrained import CONFIG_NAME
@@ -34,9 +35,49 @@ def default_t2l_dir() -> Path:
 
 
 SHIPPED_HYPERNET = default_hypernet_dir()
+HypernetSource = Literal["path", "shipped", "random"]
 
 
-def load_hypernet(path: str | Path | None, base: BaseModel) -> DocToLoRA:
+def resolve_hypernet(path: str | Path | None, base: LoadedModel, seed: int = RANDOM_INIT_SEED, *,
+                     fall_back: bool = True) -> tuple[DocToLoRA, HypernetSource]:
+    """The hypernetwork to use and where it came from: ``path``, else the shipped checkpoint, else a seeded random init.
+
+    This is the one place that decides between a trained checkpoint and a random
+    initialisation; the memory, the evaluations, the benchmarks and the demo all ask it.
+
+    Args:
+        path: a checkpoint directory, or None for the shipped one.
+        base: the base model the hypernetwork is for.
+        seed: the random initialisation's seed (its fingerprint is stable, so its collections reopen).
+        fall_back: when the shipped checkpoint does not fit ``base``, warn and use a random init;
+            False raises instead (benchmarks never measure a stand-in silently).
+
+    Raises:
+        ModelNotFoundError: ``path`` is not a checkpoint directory.
+        IncompatibleAdapterError: the checkpoint at ``path`` (or, without ``fall_back``, the
+            shipped one) was built for another base model.
+        CorruptEntryError: the checkpoint cannot be read.
+    """
+    if path is not None:
+        if not (Path(path) / CONFIG_NAME).is_file():
+            raise ModelNotFoundError(f"no hypernetwork checkpoint at {path} (expected {CONFIG_NAME} there)")
+        return DocToLoRA.from_pretrained(path, base=base, device=base.device), "path"
+    if (SHIPPED_HYPERNET / CONFIG_NAME).is_file():
+        try:
+            return DocToLoRA.from_pretrained(SHIPPED_HYPERNET, base=base, device=base.device), "shipped"
+        except IncompatibleAdapterError as exc:
+            if not fall_back:
+                raise
+            logger.warning("the shipped hypernetwork does not fit %s: %s", base.name, exc)
+    logger.warning("no trained hypernetwork for %s: using a random initialisation (seed %d); adapters will "
+                   "carry no knowledge of the documents. Pass a trained checkpoint with hypernet=...",
+                   base.name, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DocToLoRA.for_base_model(base).to(base.device).eval(), "random"
+
+
+def load_hypernet(path: str | Path | None, base: LoadedModel) -> DocToLoRA:
     """A checkpoint from ``path``; with None the shipped checkpoint, else a seeded random init.
 
     Raises:
@@ -44,18 +85,4 @@ def load_hypernet(path: str | Path | None, base: BaseModel) -> DocToLoRA:
         IncompatibleAdapterError: the checkpoint at ``path`` was built for another base model.
         CorruptEntryError: the checkpoint cannot be read.
     """
-    if path is not None:
-        if not (Path(path) / CONFIG_NAME).is_file():
-            raise ModelNotFoundError(f"no hypernetwork checkpoint at {path} (expected {CONFIG_NAME} there)")
-        return DocToLoRA.from_pretrained(path, base=base, device=base.device)
-    if (SHIPPED_HYPERNET / CONFIG_NAME).is_file():
-        try:
-            return DocToLoRA.from_pretrained(SHIPPED_HYPERNET, base=base, device=base.device)
-        except IncompatibleAdapterError as exc:
-            logger.warning("the shipped hypernetwork does not fit %s: %s", base.name, exc)
-    logger.warning("no trained hypernetwork for %s: using a random initialisation (seed %d); adapters will "
-                   "carry no knowledge of the documents. Pass a trained checkpoint with hypernet=...",
-                   base.name, RANDOM_INIT_SEED)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        return DocToLoRA.for_base_model(base).to(base.device).eval()
+    return resolve_hypernet(path, base)[0]

@@ -11,15 +11,15 @@ All answers come from greedy generation, never teacher forcing:
   cut at several chunk lengths, answered with the routed chunk's adapter, to show
   how many facts one rank-r chunk adapter holds.
 
-Scoring: ``exact`` is a normalised string match (case, surrounding spaces and
-punctuation ignored); ``contains`` accepts an answer embedded in a sentence, which
-is fairer to the in-context baseline that tends to answer in full sentences.
+Scoring (:mod:`~lora_memory.evaluation.scoring`): ``exact`` is a normalised string
+match (case, spacing and punctuation ignored); ``contains`` accepts the answer as
+whole words inside a sentence, which is fairer to the in-context baseline that
+tends to answer in full sentences.
 """
 
 from __future__ import annotations
 
 import random
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -29,7 +29,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from ..adapter import LoRAAdapter
-from ..base import BaseModel
+from ..base import LoadedModel
 from ..chunking import Chunk, chunk_text
 from ..generation import GenerationConfig, generate
 from ..hypernet import DocToLoRA, HypernetConfig
@@ -37,22 +37,8 @@ from ..routing import BM25Index
 from ..training.d2l.baseline import distill_document
 from ..training.d2l.data import Example, facts_example, needle_example
 from ..training.diagnostics import adapter_spread
-from ..training.d2l.teacher import in_context_prompt
-
-_EDGE = re.compile(r"^[\W_]+|[\W_]+$")
-
-
-def normalize(text: str) -> str:
-    return _EDGE.sub("", text.strip().casefold())
-
-
-def exact_match(prediction: str, answer: str) -> bool:
-    return normalize(prediction) == normalize(answer)
-
-
-def contains(prediction: str, answer: str) -> bool:
-    return normalize(answer) in prediction.casefold()
-
+from .scoring import contains, exact_match
+from .prompts import in_context_prompt
 
 class EvalConfig(PydanticModel):
     """What to evaluate; defaults give the table in docs/training.md."""
@@ -92,7 +78,7 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def _answer(base: BaseModel, prompt: str, adapter, max_new_tokens: int) -> str:
+def _answer(base: LoadedModel, prompt: str, adapter, max_new_tokens: int) -> str:
     return generate(base.model, base.tokenizer, prompt, adapter=adapter,
                     config=GenerationConfig(max_new_tokens=max_new_tokens)).text
 
@@ -113,7 +99,7 @@ class ChunkedDocument:
 
     @classmethod
     @torch.no_grad()
-    def encode(cls, hypernet: DocToLoRA, base: BaseModel, text: str, chunk_tokens: int | None = None
+    def encode(cls, hypernet: DocToLoRA, base: LoadedModel, text: str, chunk_tokens: int | None = None
                ) -> ChunkedDocument:
         """Chunk ``text`` (default: the hypernetwork's ``max_chunk_tokens``) and encode every chunk."""
         chunks = chunk_text(base.tokenizer, text, chunk_tokens or hypernet.config.max_chunk_tokens)
@@ -125,7 +111,7 @@ class ChunkedDocument:
 
 
 @torch.no_grad()
-def evaluate_needle(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, progress: bool = True
+def evaluate_needle(hypernet: DocToLoRA, base: LoadedModel, config: EvalConfig, progress: bool = True
                     ) -> dict[int, dict[str, float]]:
     """Needle accuracy per length, with every chunk's adapter concatenated and with the routed chunk only.
 
@@ -154,12 +140,12 @@ def evaluate_needle(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, pr
 
 
 @torch.no_grad()
-def _generate_answers(base: BaseModel, example: Example, adapter, max_new_tokens: int) -> list[tuple[str, str]]:
+def _generate_answers(base: LoadedModel, example: Example, adapter, max_new_tokens: int) -> list[tuple[str, str]]:
     return [(_answer(base, qa.question, adapter, max_new_tokens), qa.answer) for qa in example.qa]
 
 
 @torch.no_grad()
-def evaluate_facts(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, progress: bool = True
+def evaluate_facts(hypernet: DocToLoRA, base: LoadedModel, config: EvalConfig, progress: bool = True
                    ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     rng = random.Random(config.seed + 1)
     examples: list[Example] = [facts_example(rng, "heldout") for _ in range(config.facts_documents)]
@@ -175,7 +161,7 @@ def evaluate_facts(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig, pro
     return {k: _score(v) for k, v in settings.items()}, adapter_spread(adapters)
 
 
-def evaluate_capacity(base: BaseModel, config: HypernetConfig, documents: int = 5, steps: int = 30,
+def evaluate_capacity(base: LoadedModel, config: HypernetConfig, documents: int = 5, steps: int = 30,
                       seed: int = 4321) -> dict[str, float]:
     """Rung 1 of the ladder: does a free rank-r LoRA on the same targets store one document's facts?
 
@@ -194,7 +180,7 @@ def evaluate_capacity(base: BaseModel, config: HypernetConfig, documents: int = 
 
 
 @torch.no_grad()
-def evaluate_density(hypernet: DocToLoRA, base: BaseModel, chunk_lengths: list[int], documents: int = 8,
+def evaluate_density(hypernet: DocToLoRA, base: LoadedModel, chunk_lengths: list[int], documents: int = 8,
                      sheets: int = 12, seed: int = 99, max_new_tokens: int = 24, progress: bool = True
                      ) -> tuple[dict[int, dict[str, float]], float]:
     """Accuracy on dense documents by chunk length: how much one chunk adapter holds.
@@ -220,7 +206,7 @@ def evaluate_density(hypernet: DocToLoRA, base: BaseModel, chunk_lengths: list[i
             n_chunks += len(doc.chunks)
             for qa in questions:
                 best = doc.routed(qa.question)
-                holder = next((i for i, c in enumerate(doc.chunks) if normalize(qa.answer) in c.text.casefold()),
+                holder = next((i for i, c in enumerate(doc.chunks) if contains(c.text, qa.answer)),
                               best)
                 agree += best == holder
                 routed.append((_answer(base, qa.question, doc.adapters[best], max_new_tokens), qa.answer))
@@ -252,7 +238,7 @@ def density_markdown(results: dict[int, dict[str, float]], in_context_contains: 
     return "\n".join(lines)
 
 
-def evaluate_hypernet(hypernet: DocToLoRA, base: BaseModel, config: EvalConfig | None = None,
+def evaluate_hypernet(hypernet: DocToLoRA, base: LoadedModel, config: EvalConfig | None = None,
                       progress: bool = True) -> EvalReport:
     """Run the whole held-out evaluation."""
     config = config or EvalConfig()

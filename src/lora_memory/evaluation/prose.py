@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapter import LoRAAdapter
-from ..base import BaseModel
+from ..base import LoadedModel
 from ..chunking import chunk_text
 from ..decoding import DecodeBatch, eos_token_ids
 from ..generation import GenerationConfig, encode_chat, generate
@@ -43,7 +42,8 @@ from ..hypernet import HypernetConfig
 from ..training.d2l.baseline import distill_document
 from ..training.d2l.data import Example
 from ..training.d2l.prose import Article, article_questions, cloze_questions, continuations, load_articles, sentences
-from ..training.d2l.teacher import in_context_prompt
+from .prompts import in_context_prompt
+from .scoring import contains, exact_match
 
 QUESTIONS_FILE = Path(__file__).with_name("prose_questions.json")
 RULE_TYPES = ("cloze", "capital", "population", "located", "founded")
@@ -59,21 +59,6 @@ class ProseQuestion:
     question: str
     answers: list[str]
     type: str
-
-
-def _norm(text: str) -> str:
-    return " ".join(re.findall(r"\w+", text.casefold()))
-
-
-def answer_exact(prediction: str, answers: list[str]) -> bool:
-    """The whole reply, normalised (case, punctuation, spacing), equals an accepted answer."""
-    return _norm(prediction) in {_norm(a) for a in answers}
-
-
-def answer_contains(prediction: str, answers: list[str]) -> bool:
-    """An accepted answer occurs in the reply as whole words (case and punctuation ignored)."""
-    text = f" {_norm(prediction)} "
-    return any(f" {_norm(a)} " in text for a in answers if _norm(a))
 
 
 def handwritten_questions(path: Path = QUESTIONS_FILE) -> list[ProseQuestion]:
@@ -117,7 +102,7 @@ class ProseCollection:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, hypernet: DocToLoRA, base: BaseModel, articles: list[Article]) -> ProseCollection:
+    def build(cls, hypernet: DocToLoRA, base: LoadedModel, articles: list[Article]) -> ProseCollection:
         chunks, owner = [], []
         for i, article in enumerate(articles):
             for c in chunk_text(base.tokenizer, article.text, hypernet.config.max_chunk_tokens):
@@ -168,13 +153,13 @@ class ProseReport:
         return "\n".join(lines)
 
 
-def _answer(base: BaseModel, prompt: str, adapter: LoRAAdapter | None, max_new_tokens: int) -> str:
+def _answer(base: LoadedModel, prompt: str, adapter: LoRAAdapter | None, max_new_tokens: int) -> str:
     return generate(base.model, base.tokenizer, prompt, adapter=adapter,
                     config=GenerationConfig(max_new_tokens=max_new_tokens)).text
 
 
 @torch.no_grad()
-def _answer_many(base: BaseModel, prompts: list[str], adapters: list[LoRAAdapter | None], max_new_tokens: int
+def _answer_many(base: LoadedModel, prompts: list[str], adapters: list[LoRAAdapter | None], max_new_tokens: int
                  ) -> list[str]:
     """Greedy answers to several prompts decoded together, each row with its own adapter (or none).
 
@@ -201,7 +186,7 @@ def _answer_many(base: BaseModel, prompts: list[str], adapters: list[LoRAAdapter
 
 
 @torch.no_grad()
-def evaluate_questions(hypernet: DocToLoRA, base: BaseModel, questions: list[ProseQuestion],
+def evaluate_questions(hypernet: DocToLoRA, base: LoadedModel, questions: list[ProseQuestion],
                        top_ks: tuple[int, ...] = (1, 2, 4), max_new_tokens: int = 24, progress: bool = True
                        ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], float, list[dict]]:
     """Scores per setting, contains per question type, top-1 routing accuracy, and every reply."""
@@ -240,7 +225,7 @@ def evaluate_questions(hypernet: DocToLoRA, base: BaseModel, questions: list[Pro
             reply_row.update(zip(group, answers))
         for name in names:
             reply = reply_row[name]
-            ok = (answer_contains(reply, q.answers), answer_exact(reply, q.answers))
+            ok = (contains(reply, q.answers), exact_match(reply, q.answers))
             hits.setdefault(name, []).append(ok)
             typed.setdefault(q.type, {}).setdefault(name, []).append(ok[0])
         replies.append(reply_row)
@@ -252,7 +237,7 @@ def evaluate_questions(hypernet: DocToLoRA, base: BaseModel, questions: list[Pro
     return scores, types, routed_right / n, replies
 
 
-def evaluate_prose(hypernet: DocToLoRA, base: BaseModel, quick: bool = False, rule_articles: int = 40,
+def evaluate_prose(hypernet: DocToLoRA, base: LoadedModel, quick: bool = False, rule_articles: int = 40,
                    replies_path: Path | None = None, progress: bool = True) -> ProseReport:
     """Both question sets (``quick``: the first 10 hand-written articles and 10 rule-made ones)."""
     hand = handwritten_questions()
@@ -287,7 +272,7 @@ def capacity_example(article: Article, draws: int = 4, everything: bool = False)
     return Example(article.text, list(qa.values()), "prose", {"title": article.title})
 
 
-def evaluate_prose_capacity(base: BaseModel, config: HypernetConfig, articles: int = 8, steps: int = 30,
+def evaluate_prose_capacity(base: LoadedModel, config: HypernetConfig, articles: int = 8, steps: int = 30,
                             max_new_tokens: int = 24, everything: bool = False) -> dict[str, float]:
     """Rung 1 on prose: a free LoRA of the adapter's shape, trained on one article's rule-made questions,
     answers that article's hand-written questions (other wording, never trained on)?
@@ -305,9 +290,9 @@ def evaluate_prose_capacity(base: BaseModel, config: HypernetConfig, articles: i
             result = distill_document(base, ex, config, steps=steps, lr=1e-2, seed=i)
         seconds.append(result.seconds_per_step)
         for q in (q for q in hand if q.title == title):
-            with_lora.append(answer_contains(_answer(base, q.question, result.adapter, max_new_tokens), q.answers))
-            closed.append(answer_contains(_answer(base, q.question, None, max_new_tokens), q.answers))
-        trained += [answer_contains(_answer(base, qa.question, result.adapter, max_new_tokens), [qa.answer])
+            with_lora.append(contains(_answer(base, q.question, result.adapter, max_new_tokens), q.answers))
+            closed.append(contains(_answer(base, q.question, None, max_new_tokens), q.answers))
+        trained += [contains(_answer(base, qa.question, result.adapter, max_new_tokens), [qa.answer])
                     for qa in ex.qa]
     return {"hand_written_lora": sum(with_lora) / len(with_lora), "hand_written_closed": sum(closed) / len(closed),
             "trained_questions": sum(trained) / len(trained), "n": float(len(with_lora)),

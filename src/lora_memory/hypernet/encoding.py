@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..base import BaseModel
+from ..base import LoadedModel
+from ..padding import pad_batch
 from .config import HypernetConfig
 from .targets import decoder_layers
 
@@ -35,7 +36,7 @@ def chat_wrap_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[i
     return cached
 
 
-def encode_chunks(base: BaseModel, token_ids: list[list[int]], config: HypernetConfig
+def encode_chunks(base: LoadedModel, token_ids: list[list[int]], config: HypernetConfig
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token states (N, S, T, H) entering the needed layers, and the mask (N, T) of real tokens.
 
@@ -45,13 +46,7 @@ def encode_chunks(base: BaseModel, token_ids: list[list[int]], config: HypernetC
     """
     prefix, suffix = chat_wrap_ids(base.tokenizer) if config.chat_wrap else ([], [])
     rows = [prefix + list(ids) + suffix for ids in token_ids]
-    T = max(len(r) for r in rows)
-    pad = base.tokenizer.pad_token_id or 0
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = True
+    ids, mask = pad_batch(rows, base.tokenizer.pad_token_id or 0, mask_dtype=torch.bool)
     ids, mask = ids.to(base.device), mask.to(base.device)
 
     needed = [config.input_layer] if config.input_layer is not None else config.layers

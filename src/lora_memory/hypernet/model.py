@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..adapter import LoRAAdapter, LoRAWeights
-from ..base import BaseModel
+from ..adapter import LoRAAdapter, LoRAWeights, compose
+from ..base import LoadedModel
 from ..chunking import Chunk, chunk_text
 from ..errors import IncompatibleAdapterError
 from .config import HypernetConfig
@@ -47,7 +47,7 @@ class DocToLoRA(PretrainedHypernet):
 
     # -------------------------------------------------------------- building
     @classmethod
-    def for_base_model(cls, base: BaseModel, config: HypernetConfig | None = None, **overrides: Any) -> DocToLoRA:
+    def for_base_model(cls, base: LoadedModel, config: HypernetConfig | None = None, **overrides: Any) -> DocToLoRA:
         """A freshly initialised hypernetwork sized for ``base`` (dimensions discovered, not hard-coded).
 
         Raises:
@@ -90,12 +90,12 @@ class DocToLoRA(PretrainedHypernet):
                    for i, layer in enumerate(self.config.layers)}
         return LoRAAdapter(weights, self.config.scaling, self._metadata())
 
-    def encode(self, base: BaseModel, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, base: LoadedModel, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Base-model token states (N, S, T, H) and mask (N, T) for chunks given as token ids."""
         self.check_base(base)
         return encode_chunks(base, token_ids, self.config)
 
-    def adapters_for_chunks(self, base: BaseModel, chunks: list[Chunk], batch_size: int = 8,
+    def adapters_for_chunks(self, base: LoadedModel, chunks: list[Chunk], batch_size: int = 8,
                             progress: bool = False) -> list[LoRAAdapter]:
         """One unbatched adapter per chunk, encoded ``batch_size`` chunks at a time."""
         out: list[LoRAAdapter] = []
@@ -110,7 +110,7 @@ class DocToLoRA(PretrainedHypernet):
                 out.append(single)
         return out
 
-    def internalize(self, base: BaseModel, text: str, batch_size: int = 8, progress: bool = False) -> LoRAAdapter:
+    def internalize(self, base: LoadedModel, text: str, batch_size: int = 8, progress: bool = False) -> LoRAAdapter:
         """Turn a document into one adapter: chunk, encode, concatenate the chunks' adapters along rank.
 
         Raises:
@@ -127,18 +127,17 @@ class DocToLoRA(PretrainedHypernet):
         return LoRAAdapter(weights, self.config.scaling, self._metadata())
 
     def compose(self, parts: list[LoRAAdapter]) -> LoRAAdapter:
-        """Concatenate chunk adapters along rank (their deltas add up).
+        """Chunk adapters -> the document's adapter (:func:`~lora_memory.adapter.compose`).
 
-        Every chunk's adapter contains the shared term ``bias_B @ bias_A``; with
-        ``config.dedupe_bias`` a rank-r correction of weight ``-(K - 1)`` is appended
-        so that K chunks count it once, as a single-chunk document does.
+        With ``config.dedupe_bias`` the shared ``bias_B @ bias_A`` term is counted
+        once however many chunks there are, as in a single-chunk document.
+
+        Raises:
+            ValueError: ``parts`` is empty.
         """
-        if not parts:
-            raise ValueError("compose needs at least one chunk adapter")
-        extra = []
-        if len(parts) > 1 and self.config.dedupe_bias:
-            bias = self.bias_adapter()
-            factor = -(len(parts) - 1)
-            extra = [LoRAAdapter({k: LoRAWeights(w.A.detach(), factor * w.B.detach()) for k, w in bias.weights.items()},
-                                 bias.scaling)]
-        return LoRAAdapter.concat(parts + extra, metadata={**self._metadata(), "n_chunks": len(parts)})
+        bias = None
+        if self.config.dedupe_bias:
+            shared = self.bias_adapter()
+            bias = LoRAAdapter({k: LoRAWeights(w.A.detach(), w.B.detach()) for k, w in shared.weights.items()},
+                               shared.scaling)
+        return compose(parts, bias, metadata={**self._metadata(), "n_chunks": len(parts)})

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..base import BaseModel
+from ..base import LoadedModel
 from ..errors import CorruptEntryError, IncompatibleAdapterError
 
 CONFIG_NAME = "config.json"
@@ -39,7 +39,7 @@ class PretrainedHypernet(nn.Module):
         self.config = config
         self._fingerprint: str | None = None
 
-    def check_base(self, base: BaseModel) -> None:
+    def check_base(self, base: LoadedModel) -> None:
         """Raise :class:`IncompatibleAdapterError` unless ``base`` is the model this was built for."""
         want = self.config.base_fingerprint
         if want is not None and want != base.fingerprint:
@@ -76,7 +76,7 @@ class PretrainedHypernet(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls: type[H], directory: str | Path, base: BaseModel | None = None,
+    def from_pretrained(cls: type[H], directory: str | Path, base: LoadedModel | None = None,
                         device: str | torch.device = "cpu") -> H:
         """Load a saved hypernetwork; with ``base`` given, check it was built for that model.
 

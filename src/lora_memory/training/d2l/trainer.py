@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ...adapter import LoRAAdapter
-from ...base import BaseModel, load_base_model
+from ...adapter import LoRAAdapter, compose_rows
+from ...base import LoadedModel, load_base_model
 from ...hypernet import DocToLoRA, HypernetConfig
-from .batching import chunk_examples, compose_rows, qa_batch
+from .batching import chunk_examples, qa_batch
 from ..checkpoint import read_state, restore_optimizer, save_checkpoint
 from .config import Stage, TrainConfig
 from .data import Example, make_example
@@ -69,7 +69,7 @@ def sample_examples(stage: Stage, seed: int, step: int, split: str, n: int, work
     return out
 
 
-def generate_adapters(hypernet: DocToLoRA, base: BaseModel, examples: list[Example],
+def generate_adapters(hypernet: DocToLoRA, base: LoadedModel, examples: list[Example],
                       forward: torch.nn.Module | None = None) -> LoRAAdapter:
     """Per-example batched adapter (chunks composed along rank), with gradients to the hypernetwork.
 
@@ -81,7 +81,7 @@ def generate_adapters(hypernet: DocToLoRA, base: BaseModel, examples: list[Examp
     return compose_rows((forward or hypernet)(states, mask), groups, bias)
 
 
-def compute_loss(hypernet: DocToLoRA, base: BaseModel, examples: list[Example], config: TrainConfig,
+def compute_loss(hypernet: DocToLoRA, base: LoadedModel, examples: list[Example], config: TrainConfig,
                  teacher: Teacher | None, forward: torch.nn.Module | None = None) -> tuple[torch.Tensor, LossOutput]:
     adapter = generate_adapters(hypernet, base, examples, forward)
     if config.objective == "distill":
@@ -96,7 +96,7 @@ def compute_loss(hypernet: DocToLoRA, base: BaseModel, examples: list[Example], 
 
 
 @torch.no_grad()
-def evaluate(hypernet: DocToLoRA, base: BaseModel, config: TrainConfig, step: int) -> dict[str, float]:
+def evaluate(hypernet: DocToLoRA, base: LoadedModel, config: TrainConfig, step: int) -> dict[str, float]:
     """Held-out answer loss, teacher-forced exact match, and the collapse diagnostics."""
     hypernet.eval()
     stage = config.stage_at(step)
@@ -118,7 +118,7 @@ def evaluate(hypernet: DocToLoRA, base: BaseModel, config: TrainConfig, step: in
 class Trainer:
     """Runs (or resumes) a training run described by a :class:`TrainConfig`."""
 
-    def __init__(self, config: TrainConfig, base: BaseModel | None = None):
+    def __init__(self, config: TrainConfig, base: LoadedModel | None = None):
         self.config = config
         self.out = Path(config.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from ...adapter import LoRAAdapter, LoRAWeights
-from ...base import BaseModel, load_base_model
+from ...base import LoadedModel, load_base_model
 from ...hypernet.t2l import T2LConfig, TextToLoRA
 from ..checkpoint import read_state, restore_optimizer, save_checkpoint
 from ..objectives import LossOutput, answer_loss
@@ -81,7 +81,7 @@ class T2LTrainConfig(PydanticModel):
 
 
 # ------------------------------------------------------------------ losses
-def description_embeddings(t2l: TextToLoRA, base: BaseModel, tasks: list[Task]) -> dict[str, torch.Tensor]:
+def description_embeddings(t2l: TextToLoRA, base: LoadedModel, tasks: list[Task]) -> dict[str, torch.Tensor]:
     """Every description of ``tasks`` -> its (frozen) task embedding, computed once."""
     texts = sorted({d for t in tasks for d in t.descriptions})
     with torch.no_grad():
@@ -89,7 +89,7 @@ def description_embeddings(t2l: TextToLoRA, base: BaseModel, tasks: list[Task]) 
     return dict(zip(texts, emb))
 
 
-def sft_loss(t2l: TextToLoRA, base: BaseModel, tb: TaskBatch, table: dict[str, torch.Tensor]) -> LossOutput:
+def sft_loss(t2l: TextToLoRA, base: LoadedModel, tb: TaskBatch, table: dict[str, torch.Tensor]) -> LossOutput:
     """Answer cross-entropy of the base model with each row's generated adapter."""
     adapter = t2l(torch.stack([table[d] for d in tb.descriptions]))
     return answer_loss(base.model, tb.batch, adapter)
@@ -111,7 +111,7 @@ def delta_distance(generated: LoRAAdapter, target: LoRAAdapter) -> torch.Tensor:
 
 
 # -------------------------------------------------------------- task LoRAs
-def free_task_lora(base: BaseModel, config: T2LConfig, seed: int = 0) -> LoRAAdapter:
+def free_task_lora(base: LoadedModel, config: T2LConfig, seed: int = 0) -> LoRAAdapter:
     """A trainable LoRA on T2L's targets: A ~ U(+-1/sqrt(d_in)) as PEFT, B = 0 (a no-op at start)."""
     gen = torch.Generator().manual_seed(seed)
     weights = {}
@@ -124,7 +124,7 @@ def free_task_lora(base: BaseModel, config: T2LConfig, seed: int = 0) -> LoRAAda
     return LoRAAdapter(weights, config.lora_scaling)
 
 
-def train_task_lora(base: BaseModel, task: Task, config: T2LConfig, steps: int, lr: float, batch_size: int,
+def train_task_lora(base: LoadedModel, task: Task, config: T2LConfig, steps: int, lr: float, batch_size: int,
                     seed: int = 0) -> tuple[LoRAAdapter, list[float]]:
     """Fit a free LoRA to one task's examples (prompts without the description) with Adam."""
     adapter = free_task_lora(base, config, seed)
@@ -143,7 +143,7 @@ def train_task_lora(base: BaseModel, task: Task, config: T2LConfig, steps: int, 
     return LoRAAdapter(weights, adapter.scaling, {"task": task.name, "steps": steps}), losses
 
 
-def task_lora_targets(base: BaseModel, tasks: list[Task], cfg: T2LTrainConfig, t2l_config: T2LConfig
+def task_lora_targets(base: LoadedModel, tasks: list[Task], cfg: T2LTrainConfig, t2l_config: T2LConfig
                       ) -> dict[str, LoRAAdapter]:
     """One trained LoRA per task, trained once and cached under ``out_dir/task-loras/<task>``."""
     root = Path(cfg.out_dir) / TASK_LORA_DIR
@@ -169,7 +169,7 @@ def stack_adapters(adapters: list[LoRAAdapter]) -> LoRAAdapter:
 
 
 # ------------------------------------------------------------------- loop
-def build(cfg: T2LTrainConfig, base: BaseModel) -> tuple[TextToLoRA, torch.optim.Optimizer, int]:
+def build(cfg: T2LTrainConfig, base: LoadedModel) -> tuple[TextToLoRA, torch.optim.Optimizer, int]:
     """The T2L, its optimizer and the step to start at: resumed from the checkpoint when there is one."""
     ckpt = Path(cfg.out_dir) / CHECKPOINT_DIR
     if ckpt.is_dir():
@@ -194,7 +194,7 @@ def _trim_log(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in keep))
 
 
-def train(cfg: T2LTrainConfig, base: BaseModel | None = None, progress: bool = True,
+def train(cfg: T2LTrainConfig, base: LoadedModel | None = None, progress: bool = True,
           until: int | None = None) -> TextToLoRA:
     """Run (or resume) ``cfg`` to ``cfg.steps``; returns the trained T2L, also saved to ``out_dir/t2l``.
 

@@ -11,8 +11,6 @@ from llama_index.core.schema import NodeRelationship, NodeWithScore, RelatedNode
 if TYPE_CHECKING:
     from lora_memory import Answer, Source
 
-#: The generation settings a caller may override per query (the fields of ``lora_memory.GenerationConfig``).
-GENERATION_KEYS = frozenset({"max_new_tokens", "temperature", "top_p", "stop", "seed"})
 
 # LlamaIndex roles that a ChatML-style chat template knows under another name.
 _ROLE_NAMES = {MessageRole.DEVELOPER: "system", MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant"}
@@ -64,8 +62,10 @@ def check_generation_keys(settings: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         TypeError: a key is not a generation setting (the message lists the valid ones).
     """
-    unknown = set(settings) - GENERATION_KEYS
+    from lora_memory.generation import GENERATION_FIELDS
+
+    unknown = set(settings) - GENERATION_FIELDS
     if unknown:
         raise TypeError(f"unexpected argument(s) {sorted(unknown)}; generation settings are "
-                        f"{sorted(GENERATION_KEYS)}")
+                        f"{sorted(GENERATION_FIELDS)}")
     return {key: value for key, value in settings.items() if value is not None}

@@ -31,7 +31,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from ._utils import GENERATION_KEYS, to_chat_dicts
+from ._utils import to_chat_dicts
 
 if TYPE_CHECKING:
     from lora_memory import Answer, LoRAMemory, MemoryConfig
@@ -110,8 +110,10 @@ class LoRAMemoryLLM(CustomLLM):
         LlamaIndex passes other keyword arguments (``formatted``, tool lists...) to
         every LLM; those say nothing about decoding here and are not forwarded.
         """
+        from lora_memory.generation import GENERATION_FIELDS
+
         settings = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                    **{key: value for key, value in kwargs.items() if key in GENERATION_KEYS}}
+                    **{key: value for key, value in kwargs.items() if key in GENERATION_FIELDS}}
         return {"task": self.task, **{key: value for key, value in settings.items() if value is not None}}
 
     @staticmethod

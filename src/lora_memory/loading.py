@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .base import BaseModel, load_base_model
+from .base import LoadedModel, load_base_model
 from .checkpoints import load_hypernet
 from .config import MemoryConfig
 from .hypernet import DocToLoRA
 
 
-def load_models(config: MemoryConfig, base: BaseModel | None = None,
-                hypernet: DocToLoRA | None = None) -> tuple[BaseModel, DocToLoRA]:
+def load_models(config: MemoryConfig, base: LoadedModel | None = None,
+                hypernet: DocToLoRA | None = None) -> tuple[LoadedModel, DocToLoRA]:
     """The base model and hypernetwork ``config`` names; objects passed in are used as they are.
 
     Raises:
