@@ -1,6 +1,7 @@
 # lora-memory: two commands for a new checkout.
 #   make demo   set up, then answer questions about a short document on the embedded model
 #   make test   set up, then run the whole test suite offline
+#   make lint   ruff (pyflakes, imports, pyupgrade, print, docstrings) and mypy on src/
 #
 # `setup` is idempotent: it runs pip only when pyproject.toml (or an integration's)
 # is newer than the stamp file, so repeated `make test` calls start at once.
@@ -20,7 +21,7 @@ INTEGRATION_PROJECTS := $(wildcard $(addsuffix /pyproject.toml,$(INTEGRATIONS)))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test test-fast bench bench-quick clean-venv
+.PHONY: setup demo test test-fast lint bench bench-quick clean-venv
 
 setup: $(STAMP)
 
@@ -44,6 +45,11 @@ test: setup
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow"
+
+# Configured in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: setup
+	$(BIN)/ruff check src benchmarks integrations tests examples
+	$(BIN)/mypy
 
 # Extra arguments for the benchmark runner, e.g. make bench BENCH_ARGS="--threads 1 --only cache"
 BENCH_ARGS ?=

@@ -17,11 +17,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from lora_memory.evaluation.d2l import ChunkedDocument
+from lora_memory.evaluation.prompts import in_context_prompt
+from lora_memory.evaluation.scoring import contains, exact_match
 from lora_memory.generation import GenerationConfig, generate
 from lora_memory.training.d2l.data import Example, facts_example, needle_example
-from lora_memory.evaluation.d2l import ChunkedDocument
-from lora_memory.evaluation.scoring import contains, exact_match
-from lora_memory.evaluation.prompts import in_context_prompt
 
 from .common import Context, Section, md_table
 from .plots import grouped_bars

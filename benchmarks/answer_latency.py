@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_memory.generation import GenerationConfig, generate
 from lora_memory.evaluation.prompts import in_context_prompt
+from lora_memory.generation import GenerationConfig, generate
 
 from .common import Context, Section, Stats, Target, md_table, measure, timing_document
 from .ingest_cost import WINDOW

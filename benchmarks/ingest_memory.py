@@ -23,7 +23,6 @@ import random
 import subprocess
 import sys
 
-
 MODES = ("whole", "streamed")
 CHUNK_TOKENS = 256  # the shipped hypernetwork's max_chunk_tokens
 BATCH = 8  # MemoryConfig's default ingest_batch_size

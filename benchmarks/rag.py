@@ -19,8 +19,8 @@ from llama_index.core.schema import TextNode
 
 from lora_memory.base import LoadedModel
 from lora_memory.chunking import chunk_text
-from lora_memory.generation import GenerationConfig, Generated, generate
 from lora_memory.evaluation.prompts import in_context_prompt
+from lora_memory.generation import Generated, GenerationConfig, generate
 
 
 @dataclass

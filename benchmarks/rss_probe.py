@@ -18,12 +18,11 @@ import json
 import resource
 import sys
 
-
 import torch
 
 from lora_memory.base import load_base_model
-from lora_memory.generation import GenerationConfig, generate
 from lora_memory.evaluation.prompts import in_context_prompt
+from lora_memory.generation import GenerationConfig, generate
 
 from .common import DTYPE, load_hypernet, timing_document
 

@@ -16,8 +16,6 @@ Speed targets are checked here and reported as PASS/MISS; they are never unit te
 
 from __future__ import annotations
 
-
-
 import argparse
 import datetime
 import json
@@ -29,11 +27,10 @@ from pathlib import Path
 
 import torch
 
-from . import accuracy, answer_latency, cache_reuse, footprint, ingest_cost, serving_load
 from lora_memory.evaluation.machine import load_average
 
-from .common import (BenchSettings, Context, Section, Target, load_context, bench_machine_info,
-                     md_table)
+from . import accuracy, answer_latency, cache_reuse, footprint, ingest_cost, serving_load
+from .common import BenchSettings, Context, Section, Target, bench_machine_info, load_context, md_table
 
 logger = logging.getLogger("benchmarks")
 

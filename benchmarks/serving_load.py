@@ -30,12 +30,11 @@ import httpx
 
 from lora_memory import paths
 from lora_memory.config import MemoryConfig
+from lora_memory.evaluation.machine import load_average
 from lora_memory.generation import GenerationConfig, encode_chat, generate
 from lora_memory.scheduler import DecodeRequest, Scheduler
 from lora_memory.server import BackgroundServer, create_app
 from lora_memory.service import MemoryService
-
-from lora_memory.evaluation.machine import load_average
 
 from .common import Context, Section, Stats, Target, md_table, measure
 from .plots import line_plot

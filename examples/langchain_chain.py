@@ -1,6 +1,6 @@
 """A LangChain chain whose knowledge comes from lora-memory instead of a retriever.
 
-    HF_HUB_OFFLINE=1 python examples/langchain_chain.py
+HF_HUB_OFFLINE=1 python examples/langchain_chain.py
 """
 
 from __future__ import annotations

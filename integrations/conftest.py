@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-
 import pytest
 
 from lora_memory import Answer, DocumentInfo, GenerationConfig, LoRAMemory, MemoryConfig, Source

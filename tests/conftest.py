@@ -11,8 +11,6 @@ the one-off GGUF conversion (~20 s) happens once per machine, not once per run.
 
 from __future__ import annotations
 
-
-
 from collections.abc import Callable, Iterator
 from pathlib import Path
 

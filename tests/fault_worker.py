@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-
 import torch
 
 torch.set_num_threads(1)

@@ -11,11 +11,11 @@ from pydantic import ValidationError
 
 from lora_memory.config import CONFIG_VERSION, DEFAULT_CACHE_SIZE_LIMIT, DEFAULT_TOP_K, MemoryConfig
 from lora_memory.evaluation.collections import CollectionEvalConfig
+from lora_memory.evaluation.d2l import EvalConfig
 from lora_memory.generation import GenerationConfig
 from lora_memory.hypernet import DocToLoRA, HypernetConfig
 from lora_memory.hypernet.t2l import T2LConfig, TextToLoRA
 from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
-from lora_memory.evaluation.d2l import EvalConfig
 from lora_memory.training.t2l.train import T2LTrainConfig
 
 

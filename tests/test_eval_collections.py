@@ -8,7 +8,6 @@ import os
 import pytest
 
 from lora_memory import paths
-from lora_memory.evaluation.machine import machine_info
 from lora_memory.evaluation.collections import (
     PLOT_NAME,
     RESULTS_NAME,
@@ -18,6 +17,7 @@ from lora_memory.evaluation.collections import (
     parse_args,
     write_outputs,
 )
+from lora_memory.evaluation.machine import machine_info
 from lora_memory.training.d2l.data import NEEDLE_QUESTION
 from memory_support import tiny_hypernet
 

@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 
 from lora_memory.cli import main
 from lora_memory.collection import ADAPTERS_DIR, Collection
-from lora_memory.errors import (CorruptManifestError, DocumentNotFoundError, IncompatibleAdapterError,
-                                InvalidNameError)
+from lora_memory.errors import CorruptManifestError, DocumentNotFoundError, IncompatibleAdapterError, InvalidNameError
 from lora_memory.paths import HOME_ENV
 from memory_support import open_tiny_memory, save_models, tiny_hypernet
 

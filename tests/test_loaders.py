@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader, PdfWriter
 
-from lora_memory.errors import (DocumentNotFoundError, DuplicateDocumentError, EmptyDocumentError, InvalidNameError,
-                                UnsupportedDocumentError)
+from lora_memory.errors import (
+    DocumentNotFoundError,
+    DuplicateDocumentError,
+    EmptyDocumentError,
+    InvalidNameError,
+    UnsupportedDocumentError,
+)
 from lora_memory.loaders import check_doc_id, html_to_text, is_binary, load_documents, load_file, text_doc_id
 
 

@@ -10,16 +10,22 @@ import pytest
 import torch
 
 from lora_memory.adapter import LoRAAdapter, LoRAWeights
-from lora_memory.hypernet import DocToLoRA
-from lora_memory.training.d2l.batching import chunk_examples, qa_batch
-from lora_memory.training.cli import write_section
-from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
-from lora_memory.training.objectives import keep_loss
-from lora_memory.training.d2l.prose import (BLANK, article_questions, corpus_path, load_articles, prose_example,
-                                        split_of_title)
 from lora_memory.evaluation.prose import evaluate_questions, handwritten_questions, rule_questions
 from lora_memory.evaluation.scoring import contains, exact_match
+from lora_memory.hypernet import DocToLoRA
+from lora_memory.training.cli import write_section
+from lora_memory.training.d2l.batching import chunk_examples, qa_batch
+from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
+from lora_memory.training.d2l.prose import (
+    BLANK,
+    article_questions,
+    corpus_path,
+    load_articles,
+    prose_example,
+    split_of_title,
+)
 from lora_memory.training.d2l.trainer import Trainer
+from lora_memory.training.objectives import keep_loss
 
 TINY_HYPERNET = {"target_layers": [1, 2], "input_layer": 1, "max_chunk_tokens": 64, "rank": 4,
                  "head_rank": 8, "key_dim": 16}

@@ -29,7 +29,7 @@ from filelock import FileLock
 
 from lora_memory import LoRAMemory, MemoryConfig, chunking, ingest
 from lora_memory.collection import ADAPTERS_DIR, MANIFEST_NAME, Collection
-from lora_memory.errors import (CollectionError, CorruptManifestError, DuplicateDocumentError, InvalidNameError)
+from lora_memory.errors import CollectionError, CorruptManifestError, DuplicateDocumentError, InvalidNameError
 from lora_memory.generation import GenerationConfig, generate
 from lora_memory.paths import collections_dir
 from lora_memory.routing import BM25Index

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from lora_memory import paths
-from lora_memory.config import MemoryConfig
 from lora_memory.checkpoints import default_hypernet_dir
+from lora_memory.config import MemoryConfig
 from lora_memory.hypernet import DocToLoRA
 from lora_memory.scheduler import Scheduler
 from lora_memory.server import BackgroundServer, create_app

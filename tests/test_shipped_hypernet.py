@@ -11,12 +11,12 @@ import random
 
 import pytest
 
-from lora_memory.generation import GenerationConfig, generate
 from lora_memory.checkpoints import default_hypernet_dir
-from lora_memory.hypernet import DocToLoRA
-from lora_memory.training.d2l.data import facts_example
 from lora_memory.evaluation.d2l import EvalConfig, evaluate_needle
 from lora_memory.evaluation.scoring import exact_match
+from lora_memory.generation import GenerationConfig, generate
+from lora_memory.hypernet import DocToLoRA
+from lora_memory.training.d2l.data import facts_example
 
 pytestmark = pytest.mark.slow
 

@@ -6,21 +6,15 @@ import json
 
 import pytest
 import torch
-
-from lora_memory import tasks as tasks_module
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lora_memory import tasks as tasks_module
 from lora_memory.adapter import LoRAAdapter, LoRAWeights
 from lora_memory.apply import apply_adapter
 from lora_memory.base import LoadedModel, model_fingerprint
-from lora_memory.errors import CorruptEntryError, IncompatibleAdapterError, ModelNotFoundError
-from lora_memory.hypernet.pretrained import WEIGHTS_NAME
-from lora_memory.hypernet.t2l import T2LConfig, TextToLoRA
-from lora_memory.hypernet.task_encoders import MiniLMEncoder
 from lora_memory.checkpoints import default_t2l_dir
-from lora_memory.tasks import task_adapter
-from lora_memory.training.t2l import train as t2l_train
-from lora_memory.training.t2l.data import TASKS, task_batches, task_by_name, task_split
+from lora_memory.errors import CorruptEntryError, IncompatibleAdapterError, ModelNotFoundError
+from lora_memory.evaluation.scoring import contains
 from lora_memory.evaluation.t2l import (
     DOC_BEGIN,
     DOC_END,
@@ -29,7 +23,12 @@ from lora_memory.evaluation.t2l import (
     greedy_answers,
     write_doc,
 )
-from lora_memory.evaluation.scoring import contains
+from lora_memory.hypernet.pretrained import WEIGHTS_NAME
+from lora_memory.hypernet.t2l import T2LConfig, TextToLoRA
+from lora_memory.hypernet.task_encoders import MiniLMEncoder
+from lora_memory.tasks import task_adapter
+from lora_memory.training.t2l import train as t2l_train
+from lora_memory.training.t2l.data import TASKS, task_batches, task_by_name, task_split
 from lora_memory.training.t2l.train import T2LTrainConfig, delta_distance, stack_adapters, train
 
 VARIANTS = ["L", "M", "S"]

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from lora_memory.adapter import LoRAAdapter, compose_rows
-from lora_memory.hypernet import DocToLoRA
-from lora_memory.training.d2l.batching import chunk_examples, qa_batch
-from lora_memory.training.d2l.baseline import distill_document
-from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
-from lora_memory.training.d2l.data import facts_example, make_example, needle_example
 from lora_memory.evaluation.d2l import EvalConfig, density_markdown, evaluate_density, evaluate_hypernet
 from lora_memory.evaluation.scoring import contains, exact_match
-from lora_memory.training.objectives import answer_loss
+from lora_memory.hypernet import DocToLoRA
+from lora_memory.training.d2l.baseline import distill_document
+from lora_memory.training.d2l.batching import chunk_examples, qa_batch
+from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
+from lora_memory.training.d2l.data import facts_example, make_example, needle_example
 from lora_memory.training.d2l.trainer import Trainer, sample_examples
+from lora_memory.training.objectives import answer_loss
 
 TINY_HYPERNET = {"target_layers": [1, 2], "input_layer": 1, "max_chunk_tokens": 32, "rank": 4,
                  "head_rank": 8, "key_dim": 16}

@@ -46,13 +46,15 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .adapter import LoRAAdapter
-    from .base import load_base_model
-    from .cache import AdapterCache
-    from .collection import DocumentInfo
-    from .config import MemoryConfig
-    from .generation import GenerationConfig
-    from .memory import Answer, LoRAMemory, Source
+    from .adapter import LoRAAdapter as LoRAAdapter
+    from .base import load_base_model as load_base_model
+    from .cache import AdapterCache as AdapterCache
+    from .collection import DocumentInfo as DocumentInfo
+    from .config import MemoryConfig as MemoryConfig
+    from .generation import GenerationConfig as GenerationConfig
+    from .memory import Answer as Answer
+    from .memory import LoRAMemory as LoRAMemory
+    from .memory import Source as Source
 
 
 def __getattr__(name: str) -> Any:

@@ -55,6 +55,7 @@ class LoRAWeights:
 
     @property
     def rank(self) -> int:
+        """The pair's rank r (``A`` is (..., r, d_in))."""
         return self.A.shape[-2]
 
 
@@ -81,6 +82,7 @@ class LoRAAdapter:
 
     @property
     def batched(self) -> bool:
+        """Whether the tensors carry a leading batch dimension (one adapter per row)."""
         return any(w.A.dim() == 3 for w in self.weights.values())
 
     def nbytes(self) -> int:
@@ -202,6 +204,7 @@ class LoRAAdapter:
         return out
 
     def config_dict(self) -> dict[str, Any]:
+        """The JSON side of :meth:`save`: scaling, ranks, metadata and the format version."""
         return {"format_version": FORMAT_VERSION, "scaling": self.scaling, "rank": self.rank,
                 "modules": sorted(self.weights), "metadata": self.metadata}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 
 async def iterate_in_thread(pieces: Iterator[str]) -> AsyncIterator[str]:
@@ -11,7 +12,7 @@ async def iterate_in_thread(pieces: Iterator[str]) -> AsyncIterator[str]:
 
     A generator is closed when the consumer stops early, which ends the generation behind it.
     """
-    done = object()
+    done: Any = object()
     try:
         while (item := await asyncio.to_thread(next, pieces, done)) is not done:
             yield item

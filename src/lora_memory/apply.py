@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -42,7 +42,7 @@ def model_lock(model: nn.Module) -> threading.RLock:
         return lock
 
 
-def _make_hook(w: LoRAWeights, scaling: float):
+def _make_hook(w: LoRAWeights, scaling: float) -> Callable[..., torch.Tensor]:
     A_t = w.A.transpose(-1, -2)  # (..., d_in, r)
     B_t = w.B.transpose(-1, -2)  # (..., r, d_out)
 

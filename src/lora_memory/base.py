@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from filelock import FileLock
@@ -47,10 +48,12 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
+        """The device the model's weights are on."""
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights."""
         return next(self.model.parameters()).dtype
 
 
@@ -101,7 +104,7 @@ def embedded_model_dir() -> Path:
         # A GGUF-loaded model keeps a quantization config that blocks save_pretrained.
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # typed as a quantizer; None is what save_pretrained needs
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _CONVERTED_MARKER).write_text(json.dumps({"source": gguf.name}))
@@ -168,7 +171,7 @@ def load_base_model(
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dt)
     except OSError as exc:
         raise ModelNotFoundError(f"Cannot load base model {name_or_path!r}: {exc}") from exc
-    model.to(dev).eval().requires_grad_(False)
+    cast(Any, model).to(dev).eval().requires_grad_(False)  # transformers types .to() for dtypes only
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=model_fingerprint(model))

@@ -36,7 +36,7 @@ import logging
 from array import array
 from collections.abc import Sequence, Set
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
@@ -65,21 +65,25 @@ class BytesDisk(diskcache.Disk):
     """
 
     def put(self, key: object) -> tuple[object, bool]:
+        """Key serialisation as diskcache does it, for str keys only."""
         if type(key) is not str:
             raise TypeError(f"adapter cache keys are str, not {type(key).__name__}")
         return super().put(key)
 
     def get(self, key: object, raw: bool) -> object:
+        """Key deserialisation as diskcache does it."""
         if not raw:  # a key stored pickled (planted: this class never writes one) stays undecoded bytes
-            return bytes(key)
+            return bytes(cast(bytes, key))
         return super().get(key, raw)
 
     def store(self, value: object, read: bool, key: object = UNKNOWN) -> tuple[int, int, str | None, object]:
+        """Store safetensors bytes as they are; anything else is refused (nothing is ever pickled)."""
         if read or type(value) is not bytes:
             raise TypeError(f"the adapter cache stores bytes only, not {type(value).__name__}")
         return super().store(value, read, key)
 
     def fetch(self, mode: int, filename: str | None, value: object, read: bool) -> bytes:
+        """The stored bytes, as they were written."""
         if read or mode not in (MODE_RAW, MODE_BINARY):
             raise CorruptEntryError(f"a cache value stored in diskcache mode {mode} (not raw bytes) is refused")
         data = super().fetch(mode, filename, value, read)

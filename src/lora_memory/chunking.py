@@ -149,7 +149,8 @@ def _segment_chunks(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: i
 def _segment_end(text: str, start: int, limit: int) -> int:
     """Where the segment starting at ``start`` ends: the whole rest when it fits, else in the last quarter of
     ``limit`` before a line break that follows text, else before a space that follows text, else at ``limit``; a
-    segment always holds some non-space text (leading whitespace does not count towards ``limit``)."""
+    segment always holds some non-space text (leading whitespace does not count towards ``limit``).
+    """
     first = _TEXT.search(text, start)
     begin = first.start() if first else len(text)
     lo, hi = begin + limit * 3 // 4, begin + limit

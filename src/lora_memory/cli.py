@@ -55,7 +55,8 @@ EXIT_INTERRUPTED = 130
 # ------------------------------------------------------------------ shared helpers
 def memory_config(args: argparse.Namespace) -> MemoryConfig:
     """The :class:`MemoryConfig` the global options (and a subcommand's ``--top-k``, ``--max-rank``,
-    ``--max-new-tokens``, where it has them) describe."""
+    ``--max-new-tokens``, where it has them) describe.
+    """
     generation = GenerationConfig()
     if getattr(args, "max_new_tokens", None) is not None:
         generation = GenerationConfig(max_new_tokens=args.max_new_tokens)

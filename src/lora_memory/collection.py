@@ -40,10 +40,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .adapter import LoRAAdapter
 from .config import DEFAULT_LOCK_TIMEOUT_S
-from .errors import (CollectionError, CorruptEntryError, CorruptManifestError, DocumentNotFoundError,
-                     IncompatibleAdapterError)
-from .storage import (CHUNK_TEXT_KEY, TMP_SUFFIX, adapter_from_bytes, atomic_write, atomic_write_many,
-                      check_chunk_file_header, read_safetensors_metadata, sha256)
+from .errors import (
+    CollectionError,
+    CorruptEntryError,
+    CorruptManifestError,
+    DocumentNotFoundError,
+    IncompatibleAdapterError,
+)
+from .storage import (
+    CHUNK_TEXT_KEY,
+    TMP_SUFFIX,
+    adapter_from_bytes,
+    atomic_write,
+    atomic_write_many,
+    check_chunk_file_header,
+    read_safetensors_metadata,
+    sha256,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +111,7 @@ class DocumentRecord(BaseModel):
     chunks: list[ChunkRecord]
 
     def info(self) -> DocumentInfo:
+        """The public summary of this document."""
         return DocumentInfo(doc_id=self.doc_id, n_chunks=len(self.chunks),
                             n_tokens=sum(c.n_tokens for c in self.chunks), metadata=self.metadata,
                             source=self.source, added_at=self.added_at)
@@ -171,6 +185,7 @@ class Collection:
     # ---------------------------------------------------------------- reading
     @property
     def manifest_path(self) -> Path:
+        """The collection's manifest file."""
         return self.directory / MANIFEST_NAME
 
     @property
@@ -218,6 +233,7 @@ class Collection:
             raise DocumentNotFoundError(f"collection {self.name!r} has no document {doc_id!r}") from None
 
     def chunk_path(self, key: str) -> Path:
+        """The file that holds chunk ``key``'s adapter."""
         return self.directory / ADAPTERS_DIR / f"{key}{CHUNK_SUFFIX}"
 
     def chunk_checksums(self) -> dict[str, str]:

@@ -24,6 +24,8 @@ import logging
 import threading
 from collections import OrderedDict
 
+import torch
+
 from .adapter import LoRAAdapter
 from .base import LoadedModel
 from .collection import ChunkRecord, Collection, DocumentRecord
@@ -52,7 +54,8 @@ class AppliedChunk:
 @dataclasses.dataclass(frozen=True)
 class Composed:
     """What a question gets: the adapter (None: closed book), its chunks, and the documents left out as damaged
-    (doc id -> reason) or, when routing found nothing relevant enough, the best relevance it saw."""
+    (doc id -> reason) or, when routing found nothing relevant enough, the best relevance it saw.
+    """
 
     adapter: LoRAAdapter | None
     applied: list[AppliedChunk]
@@ -126,6 +129,7 @@ class Composer:
             damaged = dict(self._damaged[1])
         if index.bm25 is None or query is None:
             return Composed(None, index.chunks, damaged)
+        assert self.top_k is not None  # an index has BM25 only when routing is on
         routed = [dataclasses.replace(index.chunks[i], score=score, relevance=index.bm25.relevance(query, score))
                   for i, score in index.bm25.top_k(query, self.top_k)]
         if self.min_relevance is None:
@@ -162,7 +166,8 @@ class Composer:
 
     def _build_index(self, revision: int) -> _Index:
         damaged = self._damaged[1]
-        chunks, texts = [], {}
+        chunks: list[AppliedChunk] = []
+        texts: dict[str, str] = {}
         for doc in self.collection.documents.values():
             if doc.doc_id in damaged:
                 continue
@@ -219,7 +224,7 @@ class Composer:
                 self._composed.popitem(last=False)
         return adapter
 
-    def _read(self, chunk: ChunkRecord, device: object) -> LoRAAdapter:
+    def _read(self, chunk: ChunkRecord, device: torch.device) -> LoRAAdapter:
         try:
             return self.collection.read_chunk(chunk, device)
         except (OSError, CorruptEntryError) as exc:

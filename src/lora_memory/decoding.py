@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -66,11 +67,11 @@ def stack_adapters(adapters: Sequence[LoRAAdapter | None]) -> LoRAAdapter | None
     for name, (d_in, d_out, dtype, device) in shapes.items():
         A = torch.zeros(len(adapters), rank, d_in, dtype=dtype, device=device)  # (N, r, d_in)
         B = torch.zeros(len(adapters), d_out, rank, dtype=dtype, device=device)  # (N, d_out, r)
-        for i, a in enumerate(adapters):
-            w = None if a is None else a.weights.get(name)
-            if w is not None:
-                A[i, : w.rank] = w.A
-                B[i, :, : w.rank] = (w.B.float() * a.scaling).to(dtype)
+        for i, row in enumerate(adapters):
+            pair = None if row is None else row.weights.get(name)
+            if row is not None and pair is not None:
+                A[i, : pair.rank] = pair.A
+                B[i, :, : pair.rank] = (pair.B.float() * row.scaling).to(dtype)
         weights[name] = LoRAWeights(A, B)
     return LoRAAdapter(weights, scaling=1.0)
 
@@ -160,6 +161,7 @@ class DecodeBatch:
         first = int(mask.any(0).nonzero()[0])  # columns before it are padding in every remaining row
         self.mask, self.positions = mask[:, first:], self.positions.index_select(0, index)
         for layer in self._layers(self.cache):
+            assert layer.keys is not None and layer.values is not None  # filled by the prefill
             layer.keys = layer.keys.index_select(0, index)[:, :, first:]
             layer.values = layer.values.index_select(0, index)[:, :, first:]
 
@@ -172,6 +174,7 @@ class DecodeBatch:
             return
         width = max(self.width, mask.shape[1])
         for old, new in zip(self._layers(self.cache), self._layers(cache)):
+            assert old.keys is not None and old.values is not None and new.keys is not None and new.values is not None
             old.keys = torch.cat([_pad_left(old.keys, width, 2), _pad_left(new.keys, width, 2)], dim=0)
             old.values = torch.cat([_pad_left(old.values, width, 2), _pad_left(new.values, width, 2)], dim=0)
         self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(mask, width, 1)], dim=0)
@@ -184,7 +187,7 @@ class DecodeBatch:
         if any(type(layer) is not DynamicLayer for layer in layers):
             kinds = sorted({type(layer).__name__ for layer in layers})
             raise NotImplementedError(f"batched decoding supports full-attention caches only, this model uses {kinds}")
-        return layers
+        return cast(list[DynamicLayer], layers)
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -231,7 +234,7 @@ class TextTracker:
     def push(self, token: int) -> tuple[str, bool]:
         """Add a token; returns the text that can be emitted now and whether a stop string ended the answer."""
         self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        text = cast(str, self.tokenizer.decode(self.tokens, skip_special_tokens=True))
         cut = _cut_at_stop(text, self.stop)
         if len(cut) < len(text):
             self.text = cut

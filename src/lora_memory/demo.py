@@ -31,12 +31,12 @@ from pathlib import Path
 import torch
 
 from .base import LoadedModel, load_base_model
-from .errors import ModelNotFoundError
-from .generation import GenerationConfig, Generated, generate
 from .checkpoints import resolve_hypernet
-from .memory import LoRAMemory
+from .errors import ModelNotFoundError
 from .evaluation.prompts import in_context_prompt
 from .evaluation.scoring import contains
+from .generation import Generated, GenerationConfig, generate
+from .memory import LoRAMemory
 
 DOCUMENTS: dict[str, str] = {
     "keeper": "Odile Marchetti was born in 1958. Odile Marchetti lives in the city of Varnholm. "
@@ -173,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         if built is not None:
             memory, seconds = built
             chunks = sum(doc.n_chunks for doc in memory.list())
+            adapter = memory.adapter()
+            assert adapter is not None  # the demo documents were just added
             print(f"\nInternalized {len(memory)} documents ({chunks} chunks) in {seconds:.2f} s; all adapters "
-                  f"together: {memory.adapter().nbytes() / 1024:.0f} KiB. Each question gets the adapters of the "
+                  f"together: {adapter.nbytes() / 1024:.0f} KiB. Each question gets the adapters of the "
                   f"top {memory.config.top_k} chunk(s) by BM25 routing.")
         chosen = modes(memory)
         rows = run(base, config, chosen)

@@ -8,13 +8,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import BaseModel as PydanticModel
 from pydantic import Field
-from transformers import (PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList,
-                          TextIteratorStreamer)
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 from .adapter import LoRAAdapter
 from .apply import apply_adapter
@@ -49,7 +54,7 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: Messages | str) ->
     """Token ids (1, T) of a chat prompt ending with the assistant's turn opener."""
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
-    enc = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
+    enc: Any = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
                                         return_dict=True)
     return enc["input_ids"]
 
@@ -83,9 +88,9 @@ def generate(
     config = config or GenerationConfig()
     ids = encode_chat(tokenizer, messages).to(model.device)
     with apply_adapter(model, adapter), torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), **_generate_kwargs(tokenizer, config))
+        out = cast(Any, model).generate(ids, attention_mask=torch.ones_like(ids), **_generate_kwargs(tokenizer, config))
     new = out[0, ids.shape[1]:]
-    text = _cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), config.stop)
+    text = _cut_at_stop(cast(str, tokenizer.decode(new, skip_special_tokens=True)), config.stop)
     return Generated(text=text, prompt_tokens=ids.shape[1], completion_tokens=int(new.numel()))
 
 
@@ -112,7 +117,7 @@ def stream(
     def work() -> None:
         try:
             with apply_adapter(model, adapter), torch.inference_mode():
-                model.generate(ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                cast(Any, model).generate(ids, attention_mask=torch.ones_like(ids), streamer=streamer,
                                stopping_criteria=StoppingCriteriaList([_StopWhenSet(cancelled)]),
                                **_generate_kwargs(tokenizer, config))
         except BaseException as exc:  # surfaced in the consumer thread below
@@ -151,4 +156,5 @@ class _StopWhenSet(StoppingCriteria):
         self.event = event
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        stop = torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        return cast(torch.BoolTensor, stop)

@@ -79,7 +79,8 @@ def ingest_document(doc: LoadedDocument, *, base: LoadedModel, hypernet: DocToLo
 
 class _ProgressLog:
     """Progress log lines of one document's ingest (when no bar shows it): at the start, every ``PROGRESS_LOG_S``
-    seconds, at the end."""
+    seconds, at the end.
+    """
 
     def __init__(self, doc_id: str, total_chars: int, enabled: bool):
         self.doc_id, self.total, self.enabled = doc_id, total_chars, enabled
@@ -117,8 +118,9 @@ def _store_batch(batch: list[Chunk], base: LoadedModel, hypernet: DocToLoRA, cac
         encoded = hypernet.adapters_for_chunks(base, [needed[k] for k in missing], batch_size=len(missing))
         for k, adapter in zip(missing, encoded):
             entries[k] = cache.put(k, _plain(adapter, base, hypernet), needed[k].text)
-    collection.write_chunks({k: e.payload for k, e in entries.items()})
-    checksums.update({k: e.sha256 for k, e in entries.items()})
+    stored = {k: e for k, e in entries.items() if e is not None}  # every entry is filled by now
+    collection.write_chunks({k: e.payload for k, e in stored.items()})
+    checksums.update({k: e.sha256 for k, e in stored.items()})
     return [ChunkRecord(key=k, sha256=checksums[k], char_start=c.char_start, char_end=c.char_end,
                         n_tokens=len(c.token_ids), snippet=c.text[:SNIPPET_CHARS])
             for k, c in zip(keys, batch)]
@@ -126,7 +128,8 @@ def _store_batch(batch: list[Chunk], base: LoadedModel, hypernet: DocToLoRA, cac
 
 def _plain(adapter: LoRAAdapter, base: LoadedModel, hypernet: DocToLoRA) -> LoRAAdapter:
     """The adapter as stored: on the CPU, in the base model's dtype (the dtype it is applied in, so storing
-    it costs no precision at query time), with only position-independent metadata (equal chunks, equal bytes)."""
+    it costs no precision at query time), with only position-independent metadata (equal chunks, equal bytes).
+    """
     meta = {"base_model": base.name, "base_fingerprint": base.fingerprint,
             "hypernet_fingerprint": hypernet.fingerprint}
     return LoRAAdapter(adapter.to("cpu", dtype=base.dtype).weights, adapter.scaling, meta)

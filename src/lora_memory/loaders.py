@@ -35,8 +35,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from .errors import (DocumentNotFoundError, DuplicateDocumentError, EmptyDocumentError, InvalidNameError,
-                     LoRAMemoryError, UnsupportedDocumentError)
+from .errors import (
+    DocumentNotFoundError,
+    DuplicateDocumentError,
+    EmptyDocumentError,
+    InvalidNameError,
+    LoRAMemoryError,
+    UnsupportedDocumentError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +236,8 @@ def _plan_directory(root: Path, glob: str) -> list[_Planned]:
 
 def _outside_problem(path: Path, real_root: Path) -> str | None:
     """Why the file ``path`` (found in the directory ``real_root``, resolved) is not read: it is, or lies under, a
-    symbolic link that leads out of the root; None when it stays inside."""
+    symbolic link that leads out of the root; None when it stays inside.
+    """
     target = path.resolve()
     if target.is_relative_to(real_root):
         return None

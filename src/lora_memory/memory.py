@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import logging
 import time
@@ -33,8 +34,8 @@ from typing import Any
 from pydantic import BaseModel as PydanticModel
 from pydantic import Field
 
-from .aio import iterate_in_thread
 from .adapter import LoRAAdapter
+from .aio import iterate_in_thread
 from .base import LoadedModel
 from .cache import AdapterCache
 from .check import CheckReport, check_collection, repair_document
@@ -45,7 +46,8 @@ from .errors import CollectionError, DuplicateDocumentError
 from .generation import GENERATION_FIELDS, GenerationConfig, Messages, encode_chat, generate, stream
 from .hypernet import DocToLoRA
 from .ingest import content_sha256, ingest_document
-from .loaders import LoadedDocument, Source as DocumentSource, check_doc_id, load_documents, text_doc_id
+from .loaders import LoadedDocument, check_doc_id, load_documents, text_doc_id
+from .loaders import Source as DocumentSource
 from .loading import load_models
 from .paths import collection_dir
 
@@ -233,7 +235,7 @@ class LoRAMemory:
             self.collection.check_models(self.base.name, self.base.fingerprint, self.hypernet.fingerprint)
             yield
 
-    def _ingest(self, docs: Iterable[LoadedDocument], progress: bool, replace_any_source: bool) -> list[str]:
+    def _ingest(self, docs: Iterable[LoadedDocument], progress: bool, replace_any_source: bool) -> builtins.list[str]:
         ids: list[str] = []
         with self._writing():
             for doc in docs:
@@ -330,7 +332,8 @@ class LoRAMemory:
                     lambda doc: self._store(doc, progress=False, replace_any_source=True))
         return report
 
-    def prepare(self, question: Question | None, *, task: str | None = None) -> tuple[LoRAAdapter | None, list[Source]]:
+    def prepare(self, question: Question | None, *, task: str | None = None
+                ) -> tuple[LoRAAdapter | None, builtins.list[Source]]:
         """The adapter :meth:`ask` would apply to ``question`` and the chunks it holds, without generating.
 
         For callers that decode themselves, e.g. the batching server (:mod:`lora_memory.scheduler`).

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, field_validator
 from .errors import UnsupportedRequestError
 from .generation import GenerationConfig
 
+
 class TextPart(BaseModel):
     """One part of a message's content list; only text parts are supported."""
 
@@ -46,6 +47,7 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    """``stream_options`` of a streaming request."""
     include_usage: bool = False
 
     model_config = {"extra": "ignore"}
@@ -119,6 +121,7 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
 
     def as_messages(self) -> list[dict[str, str]]:
+        """The messages as role/content dicts for the chat template."""
         return [m.as_dict() for m in self.messages]
 
 
@@ -157,16 +160,19 @@ class DocumentText(BaseModel):
 
 # ------------------------------------------------------------------ responses
 def new_id(prefix: str) -> str:
+    """A fresh response id with the OpenAI-style ``prefix``."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """The ``usage`` object of a response."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 
 
 def chat_completion(response_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
                     completion_tokens: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """A complete ``chat.completion`` response body."""
     return {"id": response_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "logprobs": None, "finish_reason": finish_reason}],
@@ -175,6 +181,7 @@ def chat_completion(response_id: str, model: str, text: str, finish_reason: str,
 
 def chat_chunk(response_id: str, model: str, delta: dict[str, str], finish_reason: str | None = None,
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One ``chat.completion.chunk`` of a streamed response."""
     chunk: dict[str, Any] = {"id": response_id, "object": "chat.completion.chunk", "created": int(time.time()),
                              "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                                           "finish_reason": finish_reason}]}

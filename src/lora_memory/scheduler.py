@@ -29,7 +29,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -77,10 +77,22 @@ class RequestHandle:
 
     def __init__(self, request: DecodeRequest, loop: asyncio.AbstractEventLoop | None = None):
         self.request = request
-        self.result: Finished | None = None
+        self.result: Finished | None = None  # set by the scheduler thread when the request ends
         self.cancelled = threading.Event()
         self._loop = loop
-        self._queue: queue.Queue | asyncio.Queue = asyncio.Queue() if loop is not None else queue.Queue()
+        # a thread-safe queue.Queue, or an asyncio.Queue fed through the loop: the two share get/put
+        self._queue: Any = asyncio.Queue() if loop is not None else queue.Queue()
+
+    @property
+    def finished(self) -> Finished:
+        """The result, once iterating the handle has ended.
+
+        Raises:
+            RuntimeError: the request has not finished yet.
+        """
+        if self.result is None:
+            raise RuntimeError("the request has not finished: iterate the handle to its end first")
+        return self.result
 
     def cancel(self) -> None:
         """Ask the scheduler to drop this row at the next step (its result says ``cancelled``)."""
@@ -89,7 +101,7 @@ class RequestHandle:
     def __iter__(self) -> Iterator[str]:
         if self._loop is not None:
             raise TypeError("this handle was submitted with an event loop: iterate it with `async for`")
-        while (item := self._queue.get()) is not _DONE:  # type: ignore[union-attr]
+        while (item := self._queue.get()) is not _DONE:
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -97,7 +109,7 @@ class RequestHandle:
     async def __aiter__(self) -> AsyncIterator[str]:
         if self._loop is None:
             raise TypeError("this handle was submitted without an event loop: iterate it with `for`")
-        while (item := await self._queue.get()) is not _DONE:  # type: ignore[misc]
+        while (item := await self._queue.get()) is not _DONE:
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -105,10 +117,10 @@ class RequestHandle:
     # called from the scheduler thread
     def _put(self, item: object) -> None:
         if self._loop is None:
-            self._queue.put(item)  # type: ignore[union-attr]
+            self._queue.put(item)
             return
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)  # type: ignore[union-attr]
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the caller's event loop is closed: nobody is listening any more
             self.cancel()
 
@@ -226,7 +238,7 @@ class Scheduler:
                         handle._finish(Finished("", "cancelled", len(handle.request.prompt_ids), 0))
                     self._waiting.clear()
                     return
-                joiners = []
+                joiners: list[RequestHandle] = []
                 while self._waiting and len(rows) + len(joiners) < self.max_batch_size:
                     handle = self._waiting.popleft()
                     if handle.cancelled.is_set():

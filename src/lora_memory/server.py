@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -41,11 +41,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import MemoryConfig
-from .errors import (CorruptEntryError, DocumentNotFoundError, LoRAMemoryError, SchedulerClosedError,
-                     UnknownCollectionError, UnsupportedRequestError)
+from .errors import (
+    CorruptEntryError,
+    DocumentNotFoundError,
+    LoRAMemoryError,
+    SchedulerClosedError,
+    UnknownCollectionError,
+    UnsupportedRequestError,
+)
 from .openai_schema import ChatCompletionRequest, CompletionRequest, DocumentText, error_body
-from .serve_command import API_KEY_ENV
 from .scheduler import DEFAULT_MAX_BATCH_SIZE, Scheduler
+from .serve_command import API_KEY_ENV
 from .service import MemoryService
 
 logger = logging.getLogger(__name__)
@@ -291,7 +297,7 @@ def create_app(service: MemoryService, api_key: str | None = None,
         service.delete(name, doc_id)
         return {"id": doc_id, "object": "document", "deleted": True}
 
-    wrapped: ASGIApp = _LimitBody(app, max_upload_bytes)
+    wrapped: ASGIApp = _LimitBody(cast(ASGIApp, app), max_upload_bytes)  # FastAPI's scope types are wider
     if api_key:
         wrapped = _RequireApiKey(wrapped, api_key)
     return wrapped
@@ -318,6 +324,7 @@ class BackgroundServer:
 
     @property
     def url(self) -> str:
+        """The server's base URL."""
         return f"http://{self.host}:{self.port}"
 
     def __enter__(self) -> BackgroundServer:

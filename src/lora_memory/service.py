@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .adapter import LoRAAdapter
 from .apply import model_lock
 from .base import LoadedModel
 from .collection import DocumentInfo, list_collections
@@ -32,9 +33,17 @@ from .errors import IncompatibleAdapterError, UnknownCollectionError, Unsupporte
 from .generation import encode_chat
 from .hypernet import DocToLoRA
 from .loaders import load_file
-from .memory import LoRAMemory
-from .openai_schema import (ChatCompletionRequest, CompletionRequest, chat_chunk, chat_completion, error_body,
-                            new_id, text_completion, usage)
+from .memory import LoRAMemory, Source
+from .openai_schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    chat_chunk,
+    chat_completion,
+    error_body,
+    new_id,
+    text_completion,
+    usage,
+)
 from .paths import collections_dir
 from .scheduler import DecodeRequest, RequestHandle, Scheduler
 
@@ -107,6 +116,7 @@ class MemoryService:
             return memory
 
     def close(self) -> None:
+        """Stop the scheduler and release every open memory."""
         with self._lock:
             for memory in self._memories.values():
                 memory.close()
@@ -126,7 +136,7 @@ class MemoryService:
         if request.stream:
             return self._chat_events(handle, response_id, request, extra)
         text = "".join([piece async for piece in handle])
-        result = handle.result
+        result = handle.finished
         return chat_completion(response_id, request.model, text, result.finish_reason, result.prompt_tokens,
                                result.completion_tokens, extra)
 
@@ -143,7 +153,7 @@ class MemoryService:
         if request.stream:
             return self._text_events(handle, response_id, request, extra)
         text = "".join([piece async for piece in handle])
-        result = handle.result
+        result = handle.finished
         return text_completion(response_id, request.model, text, result.finish_reason, extra,
                                (result.prompt_tokens, result.completion_tokens))
 
@@ -151,7 +161,8 @@ class MemoryService:
                       ids: list[int]) -> tuple[RequestHandle, dict[str, Any]]:
         request.check_supported()
         config = request.generation(self.config.generation)
-        adapter, sources = None, []
+        adapter: LoRAAdapter | None = None
+        sources: list[Source] = []
         if request.model != self.base_model_id or request.model in list_collections(collections_dir()):
             memory = await asyncio.to_thread(self.memory, request.model)
             adapter, sources = await asyncio.to_thread(memory.prepare, question)
@@ -167,7 +178,7 @@ class MemoryService:
             yield sse(chat_chunk(response_id, model, {"role": "assistant", "content": ""}, extra=extra))
             async for piece in handle:
                 yield sse(chat_chunk(response_id, model, {"content": piece}))
-            result = handle.result
+            result = handle.finished
             yield sse(chat_chunk(response_id, model, {}, result.finish_reason))
             if request.include_usage:
                 yield sse({**chat_chunk(response_id, model, {}), "choices": [],
@@ -187,7 +198,7 @@ class MemoryService:
             async for piece in handle:
                 yield sse(text_completion(response_id, model, piece, None, extra if first else None))
                 first = False
-            result = handle.result
+            result = handle.finished
             yield sse(text_completion(response_id, model, "", result.finish_reason, extra if first else None))
             if request.include_usage:
                 yield sse({**text_completion(response_id, model, "", None), "choices": [],

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-import memory_support
 import pytest
 from llama_index.core.schema import Document
 
+import memory_support
+from llama_index.indices.managed.lora_memory import LoRAMemoryIndex, LoRAMemoryLLM
 from lora_memory import GenerationConfig, MemoryConfig
 from lora_memory.errors import DuplicateDocumentError, InvalidNameError
-from llama_index.indices.managed.lora_memory import LoRAMemoryIndex, LoRAMemoryLLM
 
 DOCS = [
     Document(text="The Zorblat bridge in Quenford was painted teal in 1987.", id_="bridge", metadata={"topic": "city"}),

@@ -43,9 +43,9 @@ from tqdm.auto import tqdm
 
 from .. import paths
 from ..base import LoadedModel, load_base_model
+from ..checkpoints import default_hypernet_dir, resolve_hypernet
 from ..config import MemoryConfig
 from ..generation import GenerationConfig
-from ..checkpoints import default_hypernet_dir, resolve_hypernet
 from ..hypernet import DocToLoRA
 from ..memory import LoRAMemory
 from ..training.d2l.data import QA, Example, facts_example, needle_example
@@ -140,7 +140,8 @@ def make_documents(config: CollectionEvalConfig) -> tuple[list[Example], list[Ex
 def evaluate(base: LoadedModel, hypernet: DocToLoRA, config: CollectionEvalConfig,
              progress: bool = True) -> dict[str, list[Trial]]:
     """Both experiments, in a temporary home: ``"sizes"`` (the collection grows) and, per length range
-    ``"lo-hi"``, one long needle document answered with every chunk or with the routed ones."""
+    ``"lo-hi"``, one long needle document answered with every chunk or with the routed ones.
+    """
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens)
     settings = config.settings()
     targets, distractors = make_documents(config)

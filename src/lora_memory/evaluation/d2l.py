@@ -37,8 +37,9 @@ from ..routing import BM25Index
 from ..training.d2l.baseline import distill_document
 from ..training.d2l.data import Example, facts_example, needle_example
 from ..training.diagnostics import adapter_spread
-from .scoring import contains, exact_match
 from .prompts import in_context_prompt
+from .scoring import contains, exact_match
+
 
 class EvalConfig(PydanticModel):
     """What to evaluate; defaults give the table in docs/training.md."""
@@ -78,7 +79,7 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def _answer(base: LoadedModel, prompt: str, adapter, max_new_tokens: int) -> str:
+def _answer(base: LoadedModel, prompt: str, adapter: LoRAAdapter | None, max_new_tokens: int) -> str:
     return generate(base.model, base.tokenizer, prompt, adapter=adapter,
                     config=GenerationConfig(max_new_tokens=max_new_tokens)).text
 
@@ -140,7 +141,8 @@ def evaluate_needle(hypernet: DocToLoRA, base: LoadedModel, config: EvalConfig, 
 
 
 @torch.no_grad()
-def _generate_answers(base: LoadedModel, example: Example, adapter, max_new_tokens: int) -> list[tuple[str, str]]:
+def _generate_answers(base: LoadedModel, example: Example, adapter: LoRAAdapter | None,
+                      max_new_tokens: int) -> list[tuple[str, str]]:
     return [(_answer(base, qa.question, adapter, max_new_tokens), qa.answer) for qa in example.qa]
 
 

@@ -27,6 +27,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from tqdm.auto import tqdm
@@ -36,9 +37,8 @@ from ..base import LoadedModel
 from ..chunking import chunk_text
 from ..decoding import DecodeBatch, eos_token_ids
 from ..generation import GenerationConfig, encode_chat, generate
-from ..hypernet import DocToLoRA
+from ..hypernet import DocToLoRA, HypernetConfig
 from ..routing import BM25Index
-from ..hypernet import HypernetConfig
 from ..training.d2l.baseline import distill_document
 from ..training.d2l.data import Example
 from ..training.d2l.prose import Article, article_questions, cloze_questions, continuations, load_articles, sentences
@@ -182,7 +182,7 @@ def _answer_many(base: LoadedModel, prompts: list[str], adapters: list[LoRAAdapt
         if all(done):
             break
         logits = batch.step(chosen)
-    return [tok.decode(t, skip_special_tokens=True) for t in tokens]
+    return [cast(str, tok.decode(t, skip_special_tokens=True)) for t in tokens]
 
 
 @torch.no_grad()
@@ -219,10 +219,10 @@ def evaluate_questions(hypernet: DocToLoRA, base: LoadedModel, questions: list[P
         names = list(settings)
         short = [n for n in names if settings[n][0] == q.question]  # one prompt length: no padding in the batch
         long = [n for n in names if n not in short]
-        for group in (short, long):
-            answers = _answer_many(base, [settings[n][0] for n in group], [settings[n][1] for n in group],
+        for same_length in (short, long):
+            answers = _answer_many(base, [settings[n][0] for n in same_length], [settings[n][1] for n in same_length],
                                    max_new_tokens)
-            reply_row.update(zip(group, answers))
+            reply_row.update(zip(same_length, answers))
         for name in names:
             reply = reply_row[name]
             ok = (contains(reply, q.answers), exact_match(reply, q.answers))

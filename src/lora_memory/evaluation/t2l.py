@@ -26,16 +26,17 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
 from ..adapter import LoRAAdapter
 from ..apply import apply_adapter
 from ..base import LoadedModel, load_base_model
-from ..generation import encode_chat
-from ..padding import pad_batch
-from ..hypernet.t2l import TextToLoRA
 from ..checkpoints import default_t2l_dir
+from ..generation import encode_chat
+from ..hypernet.t2l import TextToLoRA
+from ..padding import pad_batch
 from ..training.t2l.data import Task, task_split
 from ..training.t2l.train import train_task_lora
 from .machine import machine_info, machine_line
@@ -58,10 +59,10 @@ def greedy_answers(base: LoadedModel, prompts: list[str], adapter: LoRAAdapter |
     ids, mask = pad_batch(rows, tok.pad_token_id, left=True)
     T = ids.shape[1]
     with apply_adapter(model, adapter), torch.inference_mode():
-        out = model.generate(ids.to(model.device), attention_mask=mask.to(model.device), do_sample=False,
+        out = cast(Any, model).generate(ids.to(model.device), attention_mask=mask.to(model.device), do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                              temperature=None, top_p=None, top_k=None)
-    return [tok.decode(o[T:], skip_special_tokens=True).strip() for o in out]
+    return [cast(str, tok.decode(o[T:], skip_special_tokens=True)).strip() for o in out]
 
 
 def score(task: Task, predictions: list[str], answers: list[str]) -> dict[str, float]:

@@ -15,7 +15,6 @@ from pydantic import Field, model_validator
 
 from ..saved_config import SavedConfig
 
-
 CONFIG_VERSION = 1
 
 
@@ -79,10 +78,12 @@ class HypernetConfig(SavedConfig):
 
     @property
     def scaling(self) -> float:
+        """The LoRA scaling, ``alpha / rank``."""
         return self.lora_scaling if self.lora_scaling is not None else 2 * self.rank**1.5 / self.rank
 
     @property
     def layers(self) -> list[int]:
+        """The target layers, in order."""
         if self.target_layers is not None:
             return list(self.target_layers)
         if self.base_num_layers is None:

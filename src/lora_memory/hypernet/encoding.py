@@ -8,7 +8,11 @@ variant (layer 8 of 30 by default) costs about a quarter of a full forward pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..base import LoadedModel
@@ -28,7 +32,7 @@ def chat_wrap_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[i
     cached = getattr(tokenizer, _WRAP_ATTR, None)
     if cached is None:
         marker = "\u2063LORA_MEMORY\u2063"
-        text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False)
+        text = cast(str, tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False))
         before, after = text.split(marker)
         cached = (tokenizer(before, add_special_tokens=False).input_ids,
                   tokenizer(after, add_special_tokens=False).input_ids)
@@ -55,8 +59,8 @@ def encode_chunks(base: LoadedModel, token_ids: list[list[int]], config: Hyperne
     deepest = max(needed)
     handles = []
 
-    def make_hook(i: int):
-        def hook(module, args, kwargs):
+    def make_hook(i: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             captured[i] = args[0] if args else kwargs["hidden_states"]
             if i == deepest:
                 raise _StopForward

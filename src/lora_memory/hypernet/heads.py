@@ -48,6 +48,7 @@ class LoRAHeads(nn.Module):
         super().__init__()
         L, r = len(config.layers), config.rank
         d_in, d_out = config.module_d_in, config.module_d_out
+        assert d_in is not None and d_out is not None, "config is not bound to a base model"
         zero_map = config.head_init == "zero_map"
         self.l2 = config.l2_normalize
         self.map_a = _LayerMaps(L, trunk_dim, d_in, config.head_rank, zero=zero_map)
@@ -58,6 +59,7 @@ class LoRAHeads(nn.Module):
         self.scale_b = nn.Parameter(torch.ones(L, r, 1) if zero_map else torch.zeros(L, r, 1))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chunk embeddings (N, L, 2, D) -> per-layer ``A`` (N, L, r, d_in) and ``B`` (N, L, d_out, r)."""
         if self.l2:
             z = F.normalize(z, dim=-1)
         a = self.bias_a + self.scale_a * self.map_a(z[:, :, 0])  # (N, L, r, d_in)

@@ -31,7 +31,6 @@ from .targets import decoder_layers, find_targets
 from .trunks import build_trunk
 
 
-
 class DocToLoRA(PretrainedHypernet):
     """Generates a LoRA adapter for the base model from a document's activations."""
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..base import LoadedModel
 from ..errors import CorruptEntryError, IncompatibleAdapterError
+from ..saved_config import SavedConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -29,9 +30,10 @@ H = TypeVar("H", bound="PretrainedHypernet")
 
 class PretrainedHypernet(nn.Module):
     """Base class: ``self.config`` is a pydantic config with ``base_fingerprint``, ``base_name``,
-    ``to_dict`` and ``from_dict``; subclasses set :attr:`config_class` and :attr:`kind`."""
+    ``to_dict`` and ``from_dict``; subclasses set :attr:`config_class` and :attr:`kind`.
+    """
 
-    config_class: ClassVar[type]
+    config_class: ClassVar[type[SavedConfig]]
     kind: ClassVar[str] = "hypernetwork"
 
     def __init__(self, config: Any):

@@ -41,7 +41,6 @@ from .pretrained import PretrainedHypernet
 from .targets import decoder_layers, find_targets
 from .task_encoders import TaskEncoder, build_task_encoder, encoder_dim
 
-
 T2L_CONFIG_VERSION = 1
 
 
@@ -79,6 +78,7 @@ class T2LConfig(SavedConfig):
 
     @property
     def bound(self) -> bool:
+        """Whether the base model's shapes are filled in (``for_base_model`` does it)."""
         return None not in (self.module_dims, self.task_embed_dim, self.target_layers, self.layers_prefix)
 
     @property
@@ -87,6 +87,7 @@ class T2LConfig(SavedConfig):
         return {"L": 1, "M": 2, "S": 2 * self.rank}[self.variant]
 
     def module_name(self, layer: int, suffix: str) -> str:
+        """The full name of the target module ``suffix`` in decoder layer ``layer``."""
         return f"{self.layers_prefix}.{layer}.{suffix}"
 
 
@@ -101,11 +102,14 @@ class ResidualMLP(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A residual MLP block: ``x + MLP(LayerNorm(x))``, shape kept (N, D)."""
         return x + self.drop(self.down(nn.functional.silu(self.up(self.norm(x)))))
 
 
 class TextToLoRA(PretrainedHypernet):
     """Generates a LoRA adapter for the base model from a task-description embedding."""
+
+    slot_ids: torch.Tensor  # (S, 3) module, layer and unit index of every output slot (a buffer)
 
     config_class = T2LConfig
     kind = "T2L hypernetwork"
@@ -114,6 +118,7 @@ class TextToLoRA(PretrainedHypernet):
         if not config.bound:
             raise ValueError("config is not bound to a base model; use TextToLoRA.for_base_model")
         super().__init__(config)
+        assert config.target_layers is not None and config.module_dims is not None and config.task_embed_dim is not None
         D, r, n_layers = config.hidden_dim, config.rank, len(config.target_layers)
         n_mod, U = len(config.target_modules), config.units
         self.task_proj = nn.Sequential(nn.Linear(config.task_embed_dim, D), nn.LayerNorm(D))

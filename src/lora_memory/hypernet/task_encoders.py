@@ -86,6 +86,7 @@ class MiniLMEncoder(TaskEncoder):
         self.dim = self.model.config.hidden_size
 
     def encode(self, texts: list[str]) -> torch.Tensor:
+        """Task descriptions -> sentence embeddings (N, D), on the CPU."""
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=MAX_DESCRIPTION_TOKENS,
                              return_tensors="pt")
         with torch.inference_mode():
@@ -103,9 +104,11 @@ class BaseStateEncoder(TaskEncoder):
         self.dim = base.model.config.hidden_size
 
     def fits(self, base: LoadedModel) -> bool:
+        """Whether this encoder reads ``base`` (it embeds with that very model)."""
         return base is self.base
 
     def encode(self, texts: list[str]) -> torch.Tensor:
+        """Task descriptions -> mean-pooled last hidden states of the base model (N, D), on the CPU."""
         tok = self.base.tokenizer
         rows = [tok(t, add_special_tokens=False).input_ids[:MAX_DESCRIPTION_TOKENS] for t in texts]
         ids, mask = pad_batch(rows, tok.pad_token_id or 0)

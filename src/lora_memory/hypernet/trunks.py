@@ -34,12 +34,14 @@ class PoolingTrunk(nn.Module):
     def __init__(self, config: HypernetConfig):
         super().__init__()
         H, L, r = config.base_hidden_size, len(config.layers), config.rank
+        assert H is not None, "config is not bound to a base model"
         self.norm = nn.RMSNorm(H, elementwise_affine=False)  # tames outlier activations
         self.key = nn.Linear(H, config.key_dim, bias=False)
         self.queries = nn.Parameter(torch.randn(L, 2, r, config.key_dim) / math.sqrt(config.key_dim))
         self.out_dim = H
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token states (N, S, T, H) and mask (N, T) -> chunk embeddings."""
         N, S, T, H = states.shape
         x = self.norm(states)  # (N, S, T, H)
         keys = self.key(x)  # (N, S, T, dk)
@@ -88,6 +90,7 @@ class PerceiverTrunk(nn.Module):
     def __init__(self, config: HypernetConfig):
         super().__init__()
         H, D, L, r = config.base_hidden_size, config.latent_dim, len(config.layers), config.rank
+        assert H is not None, "config is not bound to a base model"
         self.proj = _SwiGLU(H, 2 * D, D)
         self.latents = nn.Parameter(torch.randn(config.n_latents, D) * 0.02)
         self.encoder = nn.ModuleList(_CrossBlock(D, config.n_heads) for _ in range(config.n_blocks))
@@ -96,6 +99,7 @@ class PerceiverTrunk(nn.Module):
         self.out_dim = D
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token states (N, S, T, H) and mask (N, T) -> chunk embeddings."""
         N, S, T, _ = states.shape
         L, _, r, D = self.rank_queries.shape
         ctx = self.proj(states.reshape(N * S, T, -1))  # (N*S, T, D)
@@ -113,5 +117,7 @@ class PerceiverTrunk(nn.Module):
         return z.reshape(N, L, 2, r, D)
 
 
-def build_trunk(config: HypernetConfig) -> nn.Module:
-    return {"pooling": PoolingTrunk, "perceiver": PerceiverTrunk}[config.trunk](config)
+def build_trunk(config: HypernetConfig) -> PoolingTrunk | PerceiverTrunk:
+    """The trunk ``config.trunk`` names (attention pooling or Perceiver)."""
+    trunks: dict[str, type[PoolingTrunk | PerceiverTrunk]] = {"pooling": PoolingTrunk, "perceiver": PerceiverTrunk}
+    return trunks[config.trunk](config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,7 @@ class StudentBatch:
     row_example: torch.Tensor  # (M,) which example (adapter row) each row belongs to
 
 
-def student_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict[str, str]] | str],
+def student_batch(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[dict[str, str]] | str],
                   answers: list[list[int]], row_example: list[int]) -> StudentBatch:
     """Right-padded batch of ``chat(prompt) + answer`` with loss on the answer tokens only."""
     rows, labels = [], []

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..hypernet import DocToLoRA
+from ..hypernet.pretrained import PretrainedHypernet
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "trainer_state.json"
 
 
-def save_checkpoint(directory: Path, hypernet: DocToLoRA, optimizer: torch.optim.Optimizer,
+def save_checkpoint(directory: Path, hypernet: PretrainedHypernet, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any]) -> None:
     """Atomically replace ``directory`` with the current training state."""
     tmp = directory.with_name(directory.name + ".tmp")

@@ -74,7 +74,9 @@ def distill_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapt
     """Cross-entropy against the teacher's renormalised top-k distribution at each response position.
 
     Args:
+        model: the frozen base model (the student).
         batch: student rows whose labels are the teacher's response tokens.
+        adapter: the batched adapter applied to the student (None: the bare model).
         teacher_ids: (P, k) the teacher's top-k token ids at each labelled position, in batch order.
         teacher_logprobs: (P, k) their log-probabilities.
     """

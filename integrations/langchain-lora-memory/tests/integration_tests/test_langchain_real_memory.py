@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import memory_support
 import pytest
 from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
+from pydantic import ValidationError
 
+import memory_support
 from langchain_lora_memory import ChatLoRAMemory, LoRAMemoryLLM, add_documents, create_memory_tool
 from lora_memory import GenerationConfig, MemoryConfig
 from lora_memory.errors import DuplicateDocumentError, InvalidNameError
-from pydantic import ValidationError
 
 DOCS = [Document("The Zorblat bridge in Quenford was painted teal in 1987.", id="bridge", metadata={"topic": "city"}),
         Document("Mira Tesk founded the Quenford chess club.", id="club", metadata={"topic": "people"})]

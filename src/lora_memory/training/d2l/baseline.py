@@ -18,9 +18,9 @@ from ...adapter import LoRAAdapter, LoRAWeights
 from ...base import LoadedModel
 from ...hypernet import HypernetConfig
 from ...hypernet.targets import find_targets
+from ..objectives import answer_loss
 from .batching import qa_batch
 from .data import Example
-from ..objectives import answer_loss
 
 
 @dataclass

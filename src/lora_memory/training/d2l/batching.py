@@ -8,6 +8,7 @@ from ...chunking import chunk_text
 from ..batching import StudentBatch, answer_ids, student_batch
 from .data import Example
 
+
 def chunk_examples(tokenizer: PreTrainedTokenizerBase, examples: list[Example], max_tokens: int
                    ) -> tuple[list[list[int]], list[list[int]]]:
     """Every example's chunks as token ids, and for each example the indices of its chunks.
@@ -15,7 +16,8 @@ def chunk_examples(tokenizer: PreTrainedTokenizerBase, examples: list[Example], 
     An example whose ``info["parts"]`` lists separate texts (an article and its distractors) gets
     each part chunked on its own, as the memory chunks separate documents.
     """
-    token_ids, groups = [], []
+    token_ids: list[list[int]] = []
+    groups: list[list[int]] = []
     for ex in examples:
         parts = ex.info.get("parts") or [ex.document]
         chunks = [c for part in parts for c in chunk_text(tokenizer, part, max_tokens)]

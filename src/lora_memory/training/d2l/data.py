@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import zlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Split = Literal["train", "heldout"]
 
@@ -217,7 +217,7 @@ def facts_example(rng: random.Random, split: Split, n_facts: tuple[int, int] = (
     return Example(document, qa, "facts", {"entity": name, "entity_kind": kind})
 
 
-def make_example(rng: random.Random, kind: str, split: Split, **params) -> Example:
+def make_example(rng: random.Random, kind: str, split: Split, **params: Any) -> Example:
     """Dispatch by family name: ``needle``, ``facts`` or ``prose`` (real text, see ``training.d2l.prose``)."""
     if kind == "needle":
         return needle_example(rng, split, **params)

@@ -253,6 +253,8 @@ def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1
     """An article (plus distractor articles as further chunks) and questions about it.
 
     Args:
+        rng: the random source (the example is a function of its state).
+        split: ``train`` or ``heldout`` articles.
         chunks: range of the number of chunks K (the article and K-1 distractors).
         p_single: probability that K = 1 (D2L trains composition the same way).
         questions: questions about the article, of different types.

@@ -17,7 +17,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 from ...adapter import LoRAAdapter, compose_rows
 from ...base import LoadedModel, load_base_model
 from ...hypernet import DocToLoRA, HypernetConfig
-from .batching import chunk_examples, qa_batch
 from ..checkpoint import read_state, restore_optimizer, save_checkpoint
-from .config import Stage, TrainConfig
-from .data import Example, make_example
 from ..diagnostics import adapter_spread
 from ..objectives import LossOutput, answer_loss, distill_loss, keep_loss, l1_penalty
+from .batching import chunk_examples, qa_batch
+from .config import Stage, TrainConfig
+from .data import Example, Split, make_example
 from .teacher import Teacher
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,20 @@ FINAL_DIR = "hypernet"
 LOG_NAME = "log.jsonl"
 
 
-def get_lr(config: TrainConfig, step: int) -> float:
+class LRSchedule(Protocol):
+    """What :func:`get_lr` reads from a training config (the D2L and the T2L ones both have it)."""
+
+    @property
+    def lr(self) -> float: ...
+    @property
+    def warmup_steps(self) -> int: ...
+    @property
+    def total_steps(self) -> int: ...
+    @property
+    def min_lr_ratio(self) -> float: ...
+
+
+def get_lr(config: LRSchedule, step: int) -> float:
     """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` over all stages."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -58,7 +71,7 @@ def param_groups(hypernet: DocToLoRA, config: TrainConfig) -> list[dict[str, Any
     return [{"params": ps, "lr_mult": m, "lr": config.lr * m} for m, ps in sorted(groups.items())]
 
 
-def sample_examples(stage: Stage, seed: int, step: int, split: str, n: int, worker: int = 0) -> list[Example]:
+def sample_examples(stage: Stage, seed: int, step: int, split: Split, n: int, worker: int = 0) -> list[Example]:
     """Draw ``n`` examples from the stage's mix; deterministic in (seed, step, split, worker)."""
     rng = random.Random(f"{seed}:{step}:{split}:{worker}")
     weights = [t.weight for t in stage.tasks]
@@ -85,6 +98,7 @@ def compute_loss(hypernet: DocToLoRA, base: LoadedModel, examples: list[Example]
                  teacher: Teacher | None, forward: torch.nn.Module | None = None) -> tuple[torch.Tensor, LossOutput]:
     adapter = generate_adapters(hypernet, base, examples, forward)
     if config.objective == "distill":
+        assert teacher is not None, "the distill objective needs a teacher"
         batch, ids, logprobs = teacher.student_batch(examples)
         out = distill_loss(base.model, batch, adapter, ids, logprobs)
     else:
@@ -107,7 +121,9 @@ def evaluate(hypernet: DocToLoRA, base: LoadedModel, config: TrainConfig, step: 
         group = examples[i:i + stage.batch_size]
         adapter = generate_adapters(hypernet, base, group)
         out = answer_loss(base.model, qa_batch(base.tokenizer, group), adapter)
-        losses.append(out.loss.item()), exact.append(out.exact), acc.append(out.token_accuracy)
+        losses.append(out.loss.item())
+        exact.append(out.exact)
+        acc.append(out.token_accuracy)
         adapters.append(adapter)
     hypernet.train()
     spread = adapter_spread(adapters)
@@ -156,7 +172,7 @@ class Trainer:
         return torch.optim.AdamW(param_groups(self.hypernet, self.config), lr=self.config.lr,
                                  weight_decay=self.config.weight_decay)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, Any]:
         config, step = self.config, self.step
         lr = get_lr(config, step)
         for group in self.optimizer.param_groups:

@@ -23,8 +23,8 @@ from functools import partial
 
 from transformers import PreTrainedTokenizerBase
 
-from . import tasks as g
 from ..batching import StudentBatch, answer_ids, student_batch
+from . import tasks as g
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,9 @@ from ...adapter import LoRAAdapter, LoRAWeights
 from ...base import LoadedModel, load_base_model
 from ...hypernet.t2l import T2LConfig, TextToLoRA
 from ..checkpoint import read_state, restore_optimizer, save_checkpoint
+from ..d2l.trainer import get_lr
 from ..objectives import LossOutput, answer_loss
 from .data import TASKS, Task, TaskBatch, task_batches, task_by_name, task_split
-from ..d2l.trainer import get_lr
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ def delta_distance(generated: LoRAAdapter, target: LoRAAdapter) -> torch.Tensor:
 def free_task_lora(base: LoadedModel, config: T2LConfig, seed: int = 0) -> LoRAAdapter:
     """A trainable LoRA on T2L's targets: A ~ U(+-1/sqrt(d_in)) as PEFT, B = 0 (a no-op at start)."""
     gen = torch.Generator().manual_seed(seed)
+    assert config.module_dims is not None and config.target_layers is not None, "config is not bound to a base model"
     weights = {}
     for suffix in config.target_modules:
         d_in, d_out = config.module_dims[suffix]

@@ -100,7 +100,9 @@ class LoRAMemoryIndex(BaseManagedIndex):
                 ``collection`` is opened (or created) under ``directory``.
             collection: name of the collection to open when ``memory`` is None.
             directory: where that collection lives (default: the lora-memory home).
-            storage_context, show_progress, callback_manager: as for any index.
+            storage_context: as for any index.
+            show_progress: as for any index.
+            callback_manager: as for any index.
             transformations: not supported; chunking is by base-model tokens
                 (``MemoryConfig.chunk_tokens``).
             **config: ``lora_memory.MemoryConfig`` fields (``base_model``,
@@ -171,13 +173,16 @@ class LoRAMemoryIndex(BaseManagedIndex):
     # The base class's async variants go through LlamaIndex's docstore and transformations,
     # which this index does not use: run the sync methods in a worker thread instead.
     async def ainsert(self, document: Document, **insert_kwargs: Any) -> None:
+        """Async :meth:`insert` (runs in a worker thread)."""
         await asyncio.to_thread(self.insert, document)
 
     async def aupdate_ref_doc(self, document: Document, **update_kwargs: Any) -> None:
+        """Async :meth:`update_ref_doc` (runs in a worker thread)."""
         await asyncio.to_thread(self.update_ref_doc, document)
 
     async def adelete_ref_doc(self, ref_doc_id: str, delete_from_docstore: bool = False,
                               **delete_kwargs: Any) -> None:
+        """Async :meth:`delete_ref_doc` (runs in a worker thread)."""
         await asyncio.to_thread(self.delete_ref_doc, ref_doc_id, delete_from_docstore)
 
     @property

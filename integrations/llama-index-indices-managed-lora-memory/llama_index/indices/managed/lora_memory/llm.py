@@ -84,6 +84,7 @@ class LoRAMemoryLLM(CustomLLM):
 
     @classmethod
     def class_name(cls) -> str:
+        """LlamaIndex's serialisation name for this LLM."""
         return "LoRAMemoryLLM"
 
     @property
@@ -161,11 +162,13 @@ class LoRAMemoryLLM(CustomLLM):
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Async :meth:`complete`."""
         return await self._aask(prompt, kwargs)
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
+        """Async :meth:`stream_complete`."""
         return self._astream(prompt, kwargs)
 
     # ------------------------------------------------------------------- chat
@@ -176,12 +179,15 @@ class LoRAMemoryLLM(CustomLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Stream the answer to a chat history, piece by piece."""
         return stream_completion_response_to_chat_response(self._stream(to_chat_dicts(messages), kwargs))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Async :meth:`chat`."""
         return completion_response_to_chat_response(await self._aask(to_chat_dicts(messages), kwargs))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        """Async :meth:`stream_chat`."""
         return astream_completion_response_to_chat_response(self._astream(to_chat_dicts(messages), kwargs))
