@@ -234,36 +234,60 @@ class LoRAAdapter:
             raise ValueError("export_peft works on unbatched adapters; call unbatch() first")
         if not self.weights:
             raise IncompatibleAdapterError("cannot export an empty adapter")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         r = self.rank
-        tensors = {}
-        rank_pattern, alpha_pattern = {}, {}
-        for name, w in self.weights.items():
-            tensors[f"base_model.model.{name}.lora_A.weight"] = w.A.detach().contiguous()
-            tensors[f"base_model.model.{name}.lora_B.weight"] = w.B.detach().contiguous()
-            if w.rank != r:
-                rank_pattern[name] = w.rank
-                alpha_pattern[name] = self.scaling * w.rank
-        save_file(tensors, str(directory / PEFT_WEIGHTS_NAME), metadata={"format": "pt"})
-        config = {
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": base_model_name_or_path or self.metadata.get("base_model"),
-            "r": r,
-            "lora_alpha": self.scaling * r,
-            "lora_dropout": 0.0,
-            "bias": "none",
-            "fan_in_fan_out": False,
-            "target_modules": sorted(self.weights),
-            "rank_pattern": rank_pattern,
-            "alpha_pattern": alpha_pattern,
-            "use_rslora": False,
-            "inference_mode": True,
-        }
-        (directory / PEFT_CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        return directory
+        rank_pattern = {name: w.rank for name, w in self.weights.items() if w.rank != r}
+        alpha_pattern = {name: self.scaling * rank for name, rank in rank_pattern.items()}
+        return write_peft(directory, {name: (w.A.detach(), w.B.detach()) for name, w in self.weights.items()},
+                          r=r, lora_alpha=self.scaling * r,
+                          base_model_name_or_path=base_model_name_or_path or self.metadata.get("base_model"),
+                          rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
 
+
+
+def write_peft(directory: str | Path, pairs: Mapping[str, tuple[torch.Tensor, torch.Tensor]], *, r: int,
+               lora_alpha: float, base_model_name_or_path: str | None,
+               rank_pattern: Mapping[str, int] | None = None,
+               alpha_pattern: Mapping[str, float] | None = None) -> Path:
+    """Write a standard PEFT LoRA directory: ``adapter_model.safetensors`` beside ``adapter_config.json``.
+
+    Args:
+        directory: where to write (created if missing).
+        pairs: per target module (full name in the base model), its ``(A, B)`` as PEFT stores them.
+        r: the default rank.
+        lora_alpha: PEFT scales every module by ``lora_alpha / r``.
+        base_model_name_or_path: recorded in the config for loaders that look the base model up.
+        rank_pattern: modules whose rank differs from ``r``.
+        alpha_pattern: their ``lora_alpha``.
+
+    Returns:
+        ``directory``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, (a, b) in pairs.items():
+        tensors[f"base_model.model.{name}.lora_A.weight"] = a.contiguous()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = b.contiguous()
+    save_file(tensors, str(directory / PEFT_WEIGHTS_NAME), metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "target_modules": sorted(pairs),
+        "rank_pattern": dict(rank_pattern or {}),
+        "alpha_pattern": dict(alpha_pattern or {}),
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "inference_mode": True,
+    }
+    (directory / PEFT_CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    return directory
 
 # ---------------------------------------------------------------- composition of chunk adapters
 def _bias_weight(n_parts: int) -> float:

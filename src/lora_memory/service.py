@@ -45,7 +45,7 @@ from .openai_schema import (
     usage,
 )
 from .paths import collections_dir
-from .scheduler import DecodeRequest, RequestHandle, Scheduler
+from .scheduler import DecodeRequest, Finished, RequestHandle, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +135,7 @@ class MemoryService:
         response_id = new_id("chatcmpl")
         if request.stream:
             return self._chat_events(handle, response_id, request, extra)
-        text = "".join([piece async for piece in handle])
-        result = handle.finished
+        text, result = await _collect(handle)
         return chat_completion(response_id, request.model, text, result.finish_reason, result.prompt_tokens,
                                result.completion_tokens, extra)
 
@@ -152,8 +151,7 @@ class MemoryService:
         response_id = new_id("cmpl")
         if request.stream:
             return self._text_events(handle, response_id, request, extra)
-        text = "".join([piece async for piece in handle])
-        result = handle.finished
+        text, result = await _collect(handle)
         return text_completion(response_id, request.model, text, result.finish_reason, extra,
                                (result.prompt_tokens, result.completion_tokens))
 
@@ -281,3 +279,9 @@ def _file_text(name: str, data: bytes) -> str:
         path = Path(tmp) / name
         path.write_bytes(data)
         return load_file(path)
+
+
+async def _collect(handle: RequestHandle) -> tuple[str, Finished]:
+    """The whole answer of a non-streaming request, and how it finished."""
+    text = "".join([piece async for piece in handle])
+    return text, handle.finished

@@ -16,14 +16,12 @@ this project's machines, see docs/serving.md for serving it on a GPU.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import save_file
 
-from .adapter import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, LoRAAdapter
+from .adapter import LoRAAdapter, write_peft
 from .errors import CollectionError, IncompatibleAdapterError
 
 if TYPE_CHECKING:
@@ -59,36 +57,16 @@ def export_vllm(adapter: LoRAAdapter, directory: str | Path, base_model_name_or_
     if not adapter.weights:
         raise IncompatibleAdapterError("cannot export an empty adapter")
     rank = vllm_rank(adapter.rank)
-    tensors = {}
+    pairs = {}
     for name, w in adapter.weights.items():
         A = torch.zeros(rank, w.A.shape[-1], dtype=torch.float32)  # (r, d_in)
         B = torch.zeros(w.B.shape[-2], rank, dtype=torch.float32)  # (d_out, r)
         A[: w.rank] = w.A.detach().float().cpu()
         B[:, : w.rank] = w.B.detach().float().cpu() * adapter.scaling
-        tensors[f"base_model.model.{name}.lora_A.weight"] = A.contiguous()
-        tensors[f"base_model.model.{name}.lora_B.weight"] = B.contiguous()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(directory / PEFT_WEIGHTS_NAME), metadata={"format": "pt"})
-    config: dict[str, Any] = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model_name_or_path or adapter.metadata.get("base_model"),
-        "r": rank,
-        "lora_alpha": rank,  # lora_alpha / r == 1: the scaling is in B
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "target_modules": sorted(adapter.weights),
-        "rank_pattern": {},
-        "alpha_pattern": {},
-        "use_rslora": False,
-        "use_dora": False,
-        "modules_to_save": None,
-        "inference_mode": True,
-    }
-    (directory / PEFT_CONFIG_NAME).write_text(json.dumps(config, indent=2))
-    return directory
+        pairs[name] = (A, B)
+    # lora_alpha / r == 1: the scaling is folded into B
+    return write_peft(directory, pairs, r=rank, lora_alpha=rank,
+                      base_model_name_or_path=base_model_name_or_path or adapter.metadata.get("base_model"))
 
 
 def export_memory_vllm(memory: LoRAMemory, directory: str | Path) -> Path:

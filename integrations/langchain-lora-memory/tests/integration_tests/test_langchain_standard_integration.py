@@ -1,7 +1,8 @@
 """langchain-tests' standard chat-model integration suite on the real embedded model.
 
 Answers are kept short (``max_tokens=8``) so the suite is quick on a CPU.
-Unsupported features are declared through the suite's flags, each with its reason.
+Unsupported features are declared through the suite's flags, each with its reason
+(``langchain_standard_flags.StandardSuiteFlags``).
 """
 
 from __future__ import annotations
@@ -9,42 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from langchain_standard_flags import StandardSuiteFlags
 from langchain_tests.integration_tests import ChatModelIntegrationTests
-
-from langchain_lora_memory import ChatLoRAMemory
 
 pytestmark = pytest.mark.slow
 
 
-class TestChatLoRAMemoryStandardIntegration(ChatModelIntegrationTests):
+class TestChatLoRAMemoryStandardIntegration(StandardSuiteFlags, ChatModelIntegrationTests):
     @pytest.fixture(autouse=True)
     def _bind_embedded_memory(self, embedded_memory: Any) -> None:
         self._memory = embedded_memory
 
     @property
-    def chat_model_class(self) -> type[ChatLoRAMemory]:
-        return ChatLoRAMemory
-
-    @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"memory": self._memory, "max_tokens": 8}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False  # the small text-only base model emits no tool calls; memories are tools, not tool users
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False  # no tool calling or constrained decoding to build it on
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return False  # no constrained decoding
-
-    @property
-    def supports_image_inputs(self) -> bool:
-        return False  # text-only base model (non-text blocks raise ValueError)
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # the model is the memory's base model: its adapters fit no other, per call or otherwise

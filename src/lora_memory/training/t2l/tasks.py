@@ -1,4 +1,4 @@
-"""Word banks and example generators for the Text-to-LoRA multi-task set (:mod:`.t2l_data`).
+"""Word banks and example generators for the Text-to-LoRA multi-task set (:mod:`.data`).
 
 Each generator takes a ``random.Random`` and returns one ``(input, output)``
 pair; outputs are canonical (one right answer), so exact match is a fair metric.
