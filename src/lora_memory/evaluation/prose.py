@@ -260,7 +260,8 @@ def evaluate_prose(hypernet: DocToLoRA, base: LoadedModel, quick: bool = False, 
 
 def capacity_example(article: Article, draws: int = 4, everything: bool = False) -> Example:
     """The free LoRA's training set: every rule-made question type in ``draws`` phrasings; with ``everything``
-    also every cloze and every sentence's continuation (the whole text, reconstructed)."""
+    also every cloze and every sentence's continuation (the whole text, reconstructed).
+    """
     qa = {}
     for seed in range(draws):
         for made in article_questions(random.Random(seed), article).values():
