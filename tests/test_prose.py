@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from lora_memory.adapter import LoRAAdapter, LoRAWeights
-from lora_memory.evaluation.prose import evaluate_questions, handwritten_questions, rule_questions
+from lora_memory.evaluation.prose import (
+    capacity_markdown,
+    evaluate_prose_capacity,
+    evaluate_questions,
+    handwritten_questions,
+    rule_questions,
+)
 from lora_memory.evaluation.scoring import contains, exact_match
 from lora_memory.hypernet import DocToLoRA
 from lora_memory.training.cli import write_section
@@ -147,3 +153,13 @@ def test_write_section_replaces_only_its_own_block(tmp_path):
     text = path.read_text()
     assert "ladder v2" in text and "ladder v1" not in text and "prose v1" in text
     assert text.index("ladder v2") < text.index("prose v1")
+
+
+def test_prose_capacity_trains_a_free_lora_and_reports_both_variants(tiny_llama):
+    hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
+    rules = evaluate_prose_capacity(tiny_llama, hypernet.config, articles=1, steps=1, max_new_tokens=2)
+    everything = evaluate_prose_capacity(tiny_llama, hypernet.config, articles=1, steps=1, max_new_tokens=2,
+                                         everything=True)
+    assert rules["n"] == 2 and everything["n_trained"] > rules["n_trained"]  # clozes and continuations added
+    table = capacity_markdown(rules, everything, hypernet.config.rank)
+    assert "rule-made questions" in table and "every cloze" in table
