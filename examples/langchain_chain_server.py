@@ -14,14 +14,14 @@ Without LORA_MEMORY_URL the script serves the embedded model itself on 127.0.0.1
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
 from openai import OpenAI
+
+from lora_memory.server import running_or_local_server
 
 COLLECTION = "example-langchain-server"
 DOCUMENTS = {
@@ -31,20 +31,8 @@ DOCUMENTS = {
 API_KEY = os.environ.get("LORA_MEMORY_API_KEY", "none")  # the server's key, if it was started with one
 
 
-@contextmanager
-def server() -> Iterator[str]:
-    """The OpenAI base URL of a running server, or of one served from this process."""
-    if url := os.environ.get("LORA_MEMORY_URL"):
-        yield url
-        return
-    from lora_memory.server import local_server
-
-    with local_server() as url:
-        yield url
-
-
 def main() -> None:
-    with server() as base_url:
+    with running_or_local_server() as base_url:
         auth = {"Authorization": f"Bearer {API_KEY}"}
         for doc_id, text in DOCUMENTS.items():  # internalize once; unchanged documents are skipped
             r = httpx.post(f"{base_url}/collections/{COLLECTION}/documents", json={"text": text, "id": doc_id},

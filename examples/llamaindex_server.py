@@ -14,12 +14,12 @@ Without LORA_MEMORY_URL the script serves the embedded model itself on 127.0.0.1
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 from llama_index.core.llms import ChatMessage
 from llama_index.llms.openai_like import OpenAILike
+
+from lora_memory.server import running_or_local_server
 
 COLLECTION = "example-llamaindex-server"
 DOCUMENTS = {
@@ -30,20 +30,8 @@ QUESTIONS = ["When was the Zorblat bridge painted?", "Who founded the Quenford c
 API_KEY = os.environ.get("LORA_MEMORY_API_KEY", "none")
 
 
-@contextmanager
-def server() -> Iterator[str]:
-    """The OpenAI base URL of a running server, or of one served from this process."""
-    if url := os.environ.get("LORA_MEMORY_URL"):
-        yield url
-        return
-    from lora_memory.server import local_server
-
-    with local_server() as url:
-        yield url
-
-
 def main() -> None:
-    with server() as base_url:
+    with running_or_local_server() as base_url:
         for doc_id, text in DOCUMENTS.items():
             r = httpx.post(f"{base_url}/collections/{COLLECTION}/documents", json={"text": text, "id": doc_id},
                            headers={"Authorization": f"Bearer {API_KEY}"}, timeout=300)

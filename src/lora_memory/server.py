@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -387,3 +388,19 @@ def local_server(config: MemoryConfig | None = None, api_key: str | None = None,
     finally:
         scheduler.close()
         service.close()
+
+
+URL_ENV = "LORA_MEMORY_URL"
+
+
+@contextmanager
+def running_or_local_server() -> Iterator[str]:
+    """The OpenAI base URL in ``$LORA_MEMORY_URL`` (a server someone started), else :func:`local_server`'s.
+
+    What the server examples use, so they run against ``lora-memory serve`` or on their own.
+    """
+    if url := os.environ.get(URL_ENV):
+        yield url
+        return
+    with local_server() as url:
+        yield url
