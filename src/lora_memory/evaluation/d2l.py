@@ -31,12 +31,12 @@ from tqdm.auto import tqdm
 from ..adapter import LoRAAdapter
 from ..base import LoadedModel
 from ..chunking import Chunk, chunk_text
-from ..generation import GenerationConfig, generate
 from ..hypernet import DocToLoRA, HypernetConfig
 from ..routing import BM25Index
 from ..training.d2l.baseline import distill_document
 from ..training.d2l.data import Example, facts_example, needle_example
 from ..training.diagnostics import adapter_spread
+from .answering import greedy_answer
 from .prompts import in_context_prompt
 from .scoring import contains, exact_match
 
@@ -77,11 +77,6 @@ class EvalReport:
         lines += [f"- {k}: {v:.4f}" for k, v in self.diagnostics.items()]
         lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())]
         return "\n".join(lines)
-
-
-def _answer(base: LoadedModel, prompt: str, adapter: LoRAAdapter | None, max_new_tokens: int) -> str:
-    return generate(base.model, base.tokenizer, prompt, adapter=adapter,
-                    config=GenerationConfig(max_new_tokens=max_new_tokens)).text
 
 
 def _score(pairs: list[tuple[str, str]]) -> dict[str, float]:
@@ -132,9 +127,9 @@ def evaluate_needle(hypernet: DocToLoRA, base: LoadedModel, config: EvalConfig, 
             doc = ChunkedDocument.encode(hypernet, base, ex.document)
             n_chunks[length] = float(len(doc.chunks))
             composed.setdefault(length, []).append(
-                (_answer(base, qa.question, hypernet.compose(doc.adapters), config.max_new_tokens), qa.answer))
+                (greedy_answer(base, qa.question, hypernet.compose(doc.adapters), config.max_new_tokens), qa.answer))
             routed.setdefault(length, []).append(
-                (_answer(base, qa.question, doc.adapters[doc.routed(qa.question)], config.max_new_tokens),
+                (greedy_answer(base, qa.question, doc.adapters[doc.routed(qa.question)], config.max_new_tokens),
                  qa.answer))
     return {n: {**_score(composed[n]), "routed": _score(routed[n])["exact"], "chunks": n_chunks[n]}
             for n in composed}
@@ -143,7 +138,7 @@ def evaluate_needle(hypernet: DocToLoRA, base: LoadedModel, config: EvalConfig, 
 @torch.no_grad()
 def _generate_answers(base: LoadedModel, example: Example, adapter: LoRAAdapter | None,
                       max_new_tokens: int) -> list[tuple[str, str]]:
-    return [(_answer(base, qa.question, adapter, max_new_tokens), qa.answer) for qa in example.qa]
+    return [(greedy_answer(base, qa.question, adapter, max_new_tokens), qa.answer) for qa in example.qa]
 
 
 @torch.no_grad()
@@ -158,7 +153,7 @@ def evaluate_facts(hypernet: DocToLoRA, base: LoadedModel, config: EvalConfig, p
         adapters.append(adapter)
         settings["internalized"] += _generate_answers(base, ex, adapter, config.max_new_tokens)
         settings["closed-book"] += _generate_answers(base, ex, None, config.max_new_tokens)
-        settings["in-context"] += [(_answer(base, in_context_prompt(ex.document, qa.question), None,
+        settings["in-context"] += [(greedy_answer(base, in_context_prompt(ex.document, qa.question), None,
                                             config.max_new_tokens), qa.answer) for qa in ex.qa]
     return {k: _score(v) for k, v in settings.items()}, adapter_spread(adapters)
 
@@ -211,13 +206,13 @@ def evaluate_density(hypernet: DocToLoRA, base: LoadedModel, chunk_lengths: list
                 holder = next((i for i, c in enumerate(doc.chunks) if contains(c.text, qa.answer)),
                               best)
                 agree += best == holder
-                routed.append((_answer(base, qa.question, doc.adapters[best], max_new_tokens), qa.answer))
-                oracle.append((_answer(base, qa.question, doc.adapters[holder], max_new_tokens), qa.answer))
+                routed.append((greedy_answer(base, qa.question, doc.adapters[best], max_new_tokens), qa.answer))
+                oracle.append((greedy_answer(base, qa.question, doc.adapters[holder], max_new_tokens), qa.answer))
         n = len(routed)
         out[length] = {"routed": _score(routed)["exact"], "oracle": _score(oracle)["exact"], "routing": agree / n,
                        "chunks_per_doc": n_chunks / documents, "facts_per_chunk": facts / n_chunks,
                        "n": float(n)}
-    in_context = [(_answer(base, in_context_prompt(text, qa.question), None, max_new_tokens), qa.answer)
+    in_context = [(greedy_answer(base, in_context_prompt(text, qa.question), None, max_new_tokens), qa.answer)
                   for text, questions in docs for qa in questions]
     return out, _score(in_context)["contains"]
 

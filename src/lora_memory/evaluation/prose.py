@@ -27,7 +27,6 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import torch
 from tqdm.auto import tqdm
@@ -35,13 +34,12 @@ from tqdm.auto import tqdm
 from ..adapter import LoRAAdapter
 from ..base import LoadedModel
 from ..chunking import chunk_text
-from ..decoding import DecodeBatch, eos_token_ids
-from ..generation import GenerationConfig, encode_chat, generate
 from ..hypernet import DocToLoRA, HypernetConfig
 from ..routing import BM25Index
 from ..training.d2l.baseline import distill_document
 from ..training.d2l.data import Example
 from ..training.d2l.prose import Article, article_questions, cloze_questions, continuations, load_articles, sentences
+from .answering import greedy_answer, greedy_answers
 from .prompts import in_context_prompt
 from .scoring import contains, exact_match
 
@@ -153,38 +151,6 @@ class ProseReport:
         return "\n".join(lines)
 
 
-def _answer(base: LoadedModel, prompt: str, adapter: LoRAAdapter | None, max_new_tokens: int) -> str:
-    return generate(base.model, base.tokenizer, prompt, adapter=adapter,
-                    config=GenerationConfig(max_new_tokens=max_new_tokens)).text
-
-
-@torch.no_grad()
-def _answer_many(base: LoadedModel, prompts: list[str], adapters: list[LoRAAdapter | None], max_new_tokens: int
-                 ) -> list[str]:
-    """Greedy answers to several prompts decoded together, each row with its own adapter (or none).
-
-    The same tokens :func:`~lora_memory.generation.generate` picks for each row alone (up to floating-point
-    summation order); batching the settings of one question makes the evaluation several times faster.
-    """
-    tok = base.tokenizer
-    batch = DecodeBatch(base.model, tok.pad_token_id)
-    logits = batch.add([encode_chat(tok, p)[0].tolist() for p in prompts], adapters)
-    eos = eos_token_ids(base.model, tok)
-    tokens: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    for _ in range(max_new_tokens):
-        chosen = logits.argmax(-1)
-        for i, t in enumerate(chosen.tolist()):
-            if not done[i]:
-                done[i] = t in eos
-                if not done[i]:
-                    tokens[i].append(t)
-        if all(done):
-            break
-        logits = batch.step(chosen)
-    return [cast(str, tok.decode(t, skip_special_tokens=True)) for t in tokens]
-
-
 @torch.no_grad()
 def evaluate_questions(hypernet: DocToLoRA, base: LoadedModel, questions: list[ProseQuestion],
                        top_ks: tuple[int, ...] = (1, 2, 4), max_new_tokens: int = 24, progress: bool = True
@@ -221,7 +187,7 @@ def evaluate_questions(hypernet: DocToLoRA, base: LoadedModel, questions: list[P
         # (the in-context baseline moved from 0.46 to 0.51 contains when its rows were padded together)
         short = [n for n in names if settings[n][0] == q.question]
         for same_length in [short] + [[n] for n in names if n not in short]:
-            answers = _answer_many(base, [settings[n][0] for n in same_length], [settings[n][1] for n in same_length],
+            answers = greedy_answers(base, [settings[n][0] for n in same_length], [settings[n][1] for n in same_length],
                                    max_new_tokens)
             reply_row.update(zip(same_length, answers))
         for name in names:
@@ -292,9 +258,9 @@ def evaluate_prose_capacity(base: LoadedModel, config: HypernetConfig, articles:
             result = distill_document(base, ex, config, steps=steps, lr=1e-2, seed=i)
         seconds.append(result.seconds_per_step)
         for q in (q for q in hand if q.title == title):
-            with_lora.append(contains(_answer(base, q.question, result.adapter, max_new_tokens), q.answers))
-            closed.append(contains(_answer(base, q.question, None, max_new_tokens), q.answers))
-        trained += [contains(_answer(base, qa.question, result.adapter, max_new_tokens), [qa.answer])
+            with_lora.append(contains(greedy_answer(base, q.question, result.adapter, max_new_tokens), q.answers))
+            closed.append(contains(greedy_answer(base, q.question, None, max_new_tokens), q.answers))
+        trained += [contains(greedy_answer(base, qa.question, result.adapter, max_new_tokens), [qa.answer])
                     for qa in ex.qa]
     return {"hand_written_lora": sum(with_lora) / len(with_lora), "hand_written_closed": sum(closed) / len(closed),
             "trained_questions": sum(trained) / len(trained), "n": float(len(with_lora)),
