@@ -13,7 +13,11 @@ no import or model load) and prints one JSON report on stdout:
   succeed and every document must be there at the end.
 
 The parent never runs the models itself, and closes the adapter cache's SQLite connection
-before forking, so no child inherits a lock or an open connection.
+before forking, so no child inherits a lock or an open connection. Each child also gets a
+tqdm lock of its own: tqdm's default lock holds a multiprocessing semaphore that forked
+processes share, and a child killed while holding it (``tqdm(disable=True)`` takes it too)
+would leave every later child blocked on it forever. Every wait on a child is bounded
+(``wait_s``): a child that hangs is killed and reported as a problem, not waited on.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
+from tqdm import std as tqdm_std
 
 torch.set_num_threads(1)
 
@@ -56,6 +63,32 @@ def open_memory(config: dict, directory: Path, models: LoRAMemory | None = None)
                              base=models.base if models else None, hypernet=models.hypernet if models else None)
     memory.cache.close()  # the parent's connection is never used again; a child opens its own
     return memory
+
+
+def fork() -> int:
+    """``os.fork()``; the child's tqdm classes get a process-private lock (see the module docstring)."""
+    pid = os.fork()
+    if pid == 0:
+        classes = [tqdm_std.tqdm]
+        while classes:
+            cls = classes.pop()
+            classes += cls.__subclasses__()
+            if "_lock" in vars(cls):
+                cls._lock = threading.RLock()
+    return pid
+
+
+def wait_exit(pid: int, seconds: float) -> int | None:
+    """The exit code of child ``pid``, or None if it did not exit within ``seconds`` (it is then killed)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
 
 
 def say(fd: int, *words: str) -> None:
@@ -107,7 +140,7 @@ def kill_loop(config: dict, memory: LoRAMemory, directory: Path) -> dict:
                 break
             before = state(directory)
             read, write = os.pipe()
-            pid = os.fork()
+            pid = fork()
             if pid == 0:
                 os.close(read)
                 try:
@@ -117,6 +150,12 @@ def kill_loop(config: dict, memory: LoRAMemory, directory: Path) -> dict:
                 finally:
                     os._exit(1)
             os.close(write)
+            if not select.select([read], [], [], config["wait_s"])[0]:  # "ready", or an error line
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                os.close(read)
+                report["problems"].append(f"seed {seed} kill {k}: the writer hung before it was ready")
+                continue
             pipe = os.fdopen(read, "rb")
             ready = pipe.readline()  # the random delay starts when the writer is about to write
             delay = rng.uniform(0, config["max_delay_s"])
@@ -162,7 +201,7 @@ def concurrent(config: dict, memory: LoRAMemory, directory: Path) -> dict:
              for w in range(config["writers"])]
     writers = []
     for docs in plans:
-        pid = os.fork()
+        pid = fork()
         if pid == 0:
             code = 1
             try:
@@ -177,7 +216,7 @@ def concurrent(config: dict, memory: LoRAMemory, directory: Path) -> dict:
     readers = []
     for r in range(config["readers"]):
         read, write = os.pipe()
-        pid = os.fork()
+        pid = fork()
         if pid == 0:
             os.close(read)
             calls = errors = 0
@@ -198,13 +237,17 @@ def concurrent(config: dict, memory: LoRAMemory, directory: Path) -> dict:
                 os._exit(0)
         os.close(write)
         readers.append((pid, read))
-    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in writers]
+    codes = [wait_exit(pid, config["wait_s"]) for pid in writers]  # None: it hung and was killed
     done_flag.touch()
     reader_lines = []
     for pid, read in readers:
-        with os.fdopen(read, "rb") as pipe:
-            reader_lines += pipe.read().decode().splitlines()
-        os.waitpid(pid, 0)
+        chunks, deadline = [], time.monotonic() + config["wait_s"]
+        while select.select([read], [], [], max(0.0, deadline - time.monotonic()))[0] and (data := os.read(read, 65536)):
+            chunks.append(data)  # until the reader exits (end of file) or the deadline
+        os.close(read)
+        reader_lines += b"".join(chunks).decode().splitlines()
+        if wait_exit(pid, 1.0) is None:
+            reader_lines.append(f"error reader {pid} hung after the writers were done")
     calls = [line.split() for line in reader_lines if line.startswith("calls")]
     expected = {doc_id: content_sha256(text) for docs in plans for doc_id, text in docs.items()}
     found = state(directory)

@@ -48,11 +48,11 @@ def process_faults(tmp_path_factory, tiny_llama, hypernet) -> dict[str, Any]:
     base_dir, hypernet_dir = save_models(tiny_llama, hypernet, root / "models")
     config = {"root": str(root / "work"), "base": str(base_dir), "hypernet": str(hypernet_dir),
               "cache": str(root / "cache"), "seeds": KILL_SEEDS, "kills": KILLS_PER_SEED, "seconds": KILL_SECONDS,
-              "max_delay_s": 0.8, "writers": 2, "docs_per_writer": 5, "readers": 2}
+              "max_delay_s": 0.8, "writers": 2, "docs_per_writer": 5, "readers": 2, "wait_s": 60}
     (root / "config.json").write_text(json.dumps(config))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKER.parent), *sys.path])}
     done = subprocess.run([sys.executable, str(WORKER), str(root / "config.json")], capture_output=True, text=True,
-                          timeout=240, env=env)
+                          timeout=600, env=env)  # the worker bounds each wait on a child (wait_s)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     print(json.dumps(report, indent=1))  # docs/reliability.md reports these counts
