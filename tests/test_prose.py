@@ -29,6 +29,7 @@ from lora_memory.training.d2l.prose import (
     load_articles,
     prose_example,
     split_of_title,
+    written_questions,
 )
 from lora_memory.training.d2l.trainer import Trainer
 from lora_memory.training.objectives import keep_loss
@@ -82,6 +83,22 @@ def test_prose_examples_never_mix_splits_and_keep_questions_are_about_other_arti
         for keep in ex.info["keep"]:
             assert ex.info["title"] not in keep.question
     assert sizes == {1, 2, 3, 4}
+
+
+def test_written_questions_cover_training_articles_only_with_answers_from_their_text():
+    written = written_questions()
+    by_title = {a.title: a for a in load_articles("train")}
+    assert len(written) == 500 and set(written) <= set(by_title)  # never a held-out title
+    for title, facts in written.items():
+        assert 2 <= len(facts) <= 3
+        for wordings in facts:
+            assert len({q.question for q in wordings}) == 2 and len({q.answer for q in wordings}) == 1
+            assert wordings[0].answer.casefold() in by_title[title].text.casefold()
+    ex = prose_example(random.Random(3), "train", source="written", questions=2)
+    facts = written[ex.info["title"]]
+    assert len(ex.qa) == 2 and all(any(q in wordings for wordings in facts) for q in ex.qa)
+    with pytest.raises(ValueError, match="training split only"):
+        prose_example(random.Random(3), "heldout", source="written")
 
 
 def test_parts_are_chunked_separately(tokenizer):

