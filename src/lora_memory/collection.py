@@ -5,6 +5,7 @@ Layout of a collection directory::
     manifest.json            documents -> chunks (cache key, file checksum, char span, snippet),
                              metadata, source, added_at; the models' fingerprints; a revision
     adapters/<key>.safetensors   one file per distinct chunk: the adapter and the chunk's text
+    routing.sqlite           the BM25 routing index of the chunks' text (derived data, see routing_index)
     .lock                    held by a writer for the whole of an add/update/delete
     manifest.json.*.tmp      a manifest being written (left only by a killed writer; removed by the next one)
 
@@ -29,6 +30,7 @@ confined to the documents that use it: :meth:`Collection.damaged_chunks` and
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +49,8 @@ from .errors import (
     DocumentNotFoundError,
     IncompatibleAdapterError,
 )
+from .routing import BM25Index, Ranker
+from .routing_index import INDEX_NAME, RoutingIndex
 from .storage import (
     CHUNK_TEXT_KEY,
     TMP_SUFFIX,
@@ -165,6 +169,7 @@ class Collection:
         self.name = name or self.directory.name
         self.lock_timeout_s = lock_timeout_s
         self._lock = FileLock(str(self.directory / LOCK_NAME))  # touches the disk only when acquired
+        self.routing = RoutingIndex(self.directory / INDEX_NAME)  # opened on first use
         self._stat: tuple[int, int, int] | None = None
         self.manifest = Manifest.new(self.name)
         self.refresh()
@@ -292,6 +297,48 @@ class Collection:
         except KeyError:
             raise CorruptEntryError(f"{self.chunk_path(key)} has no chunk text") from None
 
+    def ranker(self, keys: list[str]) -> tuple[Ranker, dict[str, str]]:
+        """A BM25 ranker over the chunks ``keys`` (in routing order), and key -> reason for those left out because
+        their file cannot give its text (missing, damaged). Chunks the routing index lacks are added to it first;
+        if the index cannot be opened or written (a read-only directory, a lock held too long), the chunks'
+        texts are ranked in memory instead, with a warning.
+        """
+        bad: dict[str, str] = {}
+        if not keys:
+            return BM25Index([]), bad
+        try:
+            for _ in range(2):  # a second pass only if the index file was found unusable and recreated meanwhile
+                try:
+                    self.routing.ensure(keys, self.read_chunk_text)
+                except (OSError, CorruptEntryError):
+                    bad.update(self._unreadable_texts(keys))
+                    keys = [k for k in keys if k not in bad]
+                try:
+                    return self.routing.ranker(keys), bad
+                except KeyError:
+                    continue
+            return self.routing.ranker(keys), bad
+        except sqlite3.OperationalError as exc:
+            logger.warning("collection %r: routing index %s unavailable (%s); ranking in memory", self.name,
+                           self.routing.path, exc)
+            texts = {}
+            for key in keys:
+                try:
+                    texts[key] = self.read_chunk_text(key)
+                except (OSError, CorruptEntryError) as err:
+                    bad[key] = str(err)
+            return BM25Index([texts[k] for k in keys if k in texts]), bad
+
+    def _unreadable_texts(self, keys: list[str]) -> dict[str, str]:
+        """Key -> reason for the chunks whose text cannot be indexed; the others are indexed."""
+        bad = {}
+        for key in keys:
+            try:
+                self.routing.ensure([key], self.read_chunk_text)
+            except (OSError, CorruptEntryError) as exc:
+                bad[key] = str(exc)
+        return bad
+
     def check_models(self, base_name: str, base_fingerprint: str, hypernet_fingerprint: str) -> None:
         """Raise unless the collection is empty or was built with these models.
 
@@ -351,26 +398,29 @@ class Collection:
         """
         atomic_write_many({self.chunk_path(key): data for key, data in files.items()})
 
-    def commit(self, record: DocumentRecord | None = None, *, remove: str | None = None,
+    def commit(self, *records: DocumentRecord, remove: str | None = None,
                models: dict[str, str] | None = None) -> None:
-        """Add or replace ``record`` and/or remove document ``remove``, then write the manifest atomically.
+        """Add or replace ``records`` and/or remove document ``remove``, then write the manifest atomically (once).
 
         Call inside :meth:`locked`. ``models`` (``base_model``, ``base_fingerprint``,
         ``hypernet_fingerprint``) stamps the manifest. Other documents sharing one of
-        ``record``'s chunks take its checksum: a rebuilt chunk file is theirs too.
+        a record's chunks take its checksum: a rebuilt chunk file is theirs too.
         """
         manifest = self.manifest.model_copy(deep=True)
         if remove is not None:
             manifest.documents.pop(remove, None)
-        if record is not None:
+        checksums = {c.key: c.sha256 for record in records for c in record.chunks}
+        for record in records:
             manifest.documents[record.doc_id] = record
-            checksums = {c.key: c.sha256 for c in record.chunks}
+        if checksums:
             for doc in manifest.documents.values():
                 for chunk in doc.chunks:
                     chunk.sha256 = checksums.get(chunk.key, chunk.sha256)
         if models:
             manifest = manifest.model_copy(update=models)
         manifest.revision += 1
+        # the index holds every chunk of a committed manifest (routing_index)
+        self.routing.ensure((c.key for record in records for c in record.chunks), self.read_chunk_text)
         atomic_write(self.manifest_path, manifest.model_dump_json(indent=1).encode("utf-8"))
         self.manifest = manifest
         self._stat = self._manifest_stat()
@@ -399,6 +449,7 @@ class Collection:
             removed += 1
         if removed:
             logger.debug("collection %r: removed %d unreferenced files", self.name, removed)
+        self.routing.retain(self.chunk_checksums())
 
 
 def chunk_keys_in_use(root: str | Path) -> set[str]:

@@ -5,9 +5,10 @@ Without routing every distinct chunk of the collection is applied; with
 :mod:`lora_memory.routing`) are. The chunk adapters are concatenated along rank
 by the hypernetwork (which counts its shared bias term once), compressed to
 ``max_rank`` if set, joined with a Text-to-LoRA task adapter if one is asked for,
-and cast to the base model's device and dtype. The routing index is rebuilt only
-when the manifest's revision changes, and the last few composed adapters are
-kept in memory, so asking again costs nothing.
+and cast to the base model's device and dtype. The BM25 postings live in the
+collection's persistent index (:mod:`lora_memory.routing_index`); a new manifest
+revision only re-reads the chunk list and lengths, and the last few composed
+adapters are kept in memory, so asking again costs nothing.
 
 Routed chunks whose relevance (:meth:`lora_memory.routing.BM25Index.relevance`)
 is below ``min_relevance`` are dropped: a question nothing in the collection
@@ -31,7 +32,7 @@ from .base import LoadedModel
 from .collection import ChunkRecord, Collection, DocumentRecord
 from .errors import CorruptEntryError
 from .hypernet import DocToLoRA
-from .routing import BM25Index
+from .routing import Ranker
 from .tasks import task_adapter
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Composed:
 class _Index:
     revision: int
     chunks: list[AppliedChunk]
-    bm25: BM25Index | None
+    bm25: Ranker | None
 
 
 class _DamagedChunk(Exception):
@@ -130,8 +131,8 @@ class Composer:
         if index.bm25 is None or query is None:
             return Composed(None, index.chunks, damaged)
         assert self.top_k is not None  # an index has BM25 only when routing is on
-        routed = [dataclasses.replace(index.chunks[i], score=score, relevance=index.bm25.relevance(query, score))
-                  for i, score in index.bm25.top_k(query, self.top_k)]
+        routed = [dataclasses.replace(index.chunks[i], score=score, relevance=relevance)
+                  for i, score, relevance in index.bm25.search(query, self.top_k)]
         if self.min_relevance is None:
             return Composed(None, routed, damaged)
         kept = [a for a in routed if a.relevance is not None and a.relevance >= self.min_relevance]
@@ -166,28 +167,25 @@ class Composer:
 
     def _build_index(self, revision: int) -> _Index:
         damaged = self._damaged[1]
-        chunks: list[AppliedChunk] = []
-        texts: dict[str, str] = {}
+        seen: set[str] = set()
+        unique: list[AppliedChunk] = []
         for doc in self.collection.documents.values():
             if doc.doc_id in damaged:
                 continue
-            try:
-                if self.top_k is not None:  # the router reads every chunk's text from its file's header
-                    for chunk in doc.chunks:
-                        if chunk.key not in texts:
-                            texts[chunk.key] = self.collection.read_chunk_text(chunk.key)
-            except (OSError, CorruptEntryError) as exc:
-                damaged[doc.doc_id] = str(exc)
-                continue
-            chunks.extend(AppliedChunk(doc, i, chunk) for i, chunk in enumerate(doc.chunks))
-        seen: set[str] = set()
-        unique = []
-        for applied in chunks:  # a chunk found in several places is applied once
-            if applied.chunk.key not in seen:
-                seen.add(applied.chunk.key)
-                unique.append(applied)
-        bm25 = BM25Index([texts[a.chunk.key] for a in unique]) if self.top_k is not None else None
-        return _Index(revision, unique, bm25)
+            for i, chunk in enumerate(doc.chunks):
+                if chunk.key not in seen:  # a chunk found in several places is applied once
+                    seen.add(chunk.key)
+                    unique.append(AppliedChunk(doc, i, chunk))
+        if self.top_k is None:
+            return _Index(revision, unique, None)
+        ranker, bad = self.collection.ranker([a.chunk.key for a in unique])
+        if bad:  # chunks whose file cannot give its text: their documents are damaged
+            for doc in self.collection.documents.values():
+                reason = next((bad[c.key] for c in doc.chunks if c.key in bad), None)
+                if reason is not None and doc.doc_id not in damaged:
+                    damaged[doc.doc_id] = reason
+            return self._build_index(revision)
+        return _Index(revision, unique, ranker)
 
     def _mark_damaged(self, key: str, reason: str) -> None:
         """Leave out every document holding chunk ``key`` until the next revision."""
