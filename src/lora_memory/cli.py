@@ -37,6 +37,7 @@ from .cache import AdapterCache
 from .check import check_collection
 from .collection import Collection, chunk_keys_in_use, list_collections
 from .config import MemoryConfig
+from .corpus import JSONL_SUFFIX, count_lines, iter_jsonl
 from .errors import CorruptManifestError, LoRAMemoryError
 from .generation import GenerationConfig
 from .memory import DEFAULT_COLLECTION, LoRAMemory
@@ -92,17 +93,30 @@ def _add_collection(parser: argparse.ArgumentParser, positional: bool = False) -
 
 # ------------------------------------------------------------------ subcommands
 def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                        help="files or directories; a .jsonl file is a corpus: one {\"id\", \"text\", \"metadata\"} "
+                             "object per line")
     _add_collection(parser)
     parser.add_argument("--glob", default="**/*", help="files to read inside directories (default: **/*)")
     parser.add_argument("--id", dest="doc_id", help="document id (only with a single file)")
 
 
 def ingest(args: argparse.Namespace) -> int:
-    """Internalize files or directories into a collection; prints the document ids."""
+    """Internalize files or directories into a collection; prints the document ids.
+
+    A ``.jsonl`` file given by name is a corpus, one document per line (:mod:`lora_memory.corpus`).
+    """
     memory = open_memory(args)
-    for doc_id in memory.add(args.paths, doc_id=args.doc_id, glob=args.glob, progress=True):
-        print(doc_id)
+    corpora = [p for p in args.paths if p.suffix == JSONL_SUFFIX and p.is_file()]
+    if corpora and args.doc_id:
+        raise ValueError("--id names one document; a .jsonl corpus holds many")
+    others = [p for p in args.paths if p not in corpora]
+    if others:
+        for doc_id in memory.add(others, doc_id=args.doc_id, glob=args.glob, progress=True):
+            print(doc_id)
+    for path in corpora:
+        for doc_id in memory.add_documents(iter_jsonl(path), progress=True, total=count_lines(path)):
+            print(doc_id)
     return 0
 
 

@@ -24,6 +24,7 @@ CONFIG_VERSION = 1
 DEFAULT_CACHE_SIZE_LIMIT = 4 * 2**30  # 4 GiB: ~2,000 chunk adapters of the embedded model (2 MiB each in fp32)
 DEFAULT_INGEST_BATCH_SIZE = 8  # chunks encoded per hypernetwork pass
 DEFAULT_TOP_K = 1  # chunks routed to a question; why: docs/collections.md
+DEFAULT_COMMIT_INTERVAL_S = 2.0  # a bulk ingest rewrites the manifest at most this often (and when it ends)
 DEFAULT_LOCK_TIMEOUT_S = 600.0  # a writer waiting longer than this for another one's lock gives up
 DEFAULT_MIN_RELEVANCE = 0.2  # routing relevance below which a question is answered closed-book; docs/reliability.md
 
@@ -42,6 +43,10 @@ class MemoryConfig(SavedConfig):
                                                              "hypernetwork's max_chunk_tokens.")
     ingest_batch_size: int = Field(DEFAULT_INGEST_BATCH_SIZE, ge=1,
                                    description="Chunks encoded per hypernetwork pass; bounds ingest memory.")
+    commit_interval_s: float = Field(DEFAULT_COMMIT_INTERVAL_S, ge=0, description=(
+        "An ingest of many documents commits the ones it finished (one manifest write) when this many seconds "
+        "passed since its last commit, and when it ends or fails; 0 commits every document. Each document is "
+        "still all-or-nothing; a killed ingest loses at most this much work, and its adapters are in the cache."))
     cache_dir: Path | None = Field(None, description="Shared adapter cache directory; None means "
                                                      "lora_memory.paths.adapter_cache_dir().")
     cache_size_limit_bytes: int = Field(DEFAULT_CACHE_SIZE_LIMIT, ge=2**20,

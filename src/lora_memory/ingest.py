@@ -23,6 +23,7 @@ import itertools
 import logging
 import sys
 import time
+from collections.abc import Mapping
 
 from tqdm.auto import tqdm
 
@@ -47,10 +48,11 @@ def content_sha256(text: str) -> str:
 
 def ingest_document(doc: LoadedDocument, *, base: LoadedModel, hypernet: DocToLoRA, cache: AdapterCache,
                     collection: Collection, chunk_tokens: int, batch_size: int,
-                    progress: bool = False) -> DocumentRecord:
+                    progress: bool = False, written: Mapping[str, str] | None = None) -> DocumentRecord:
     """Store every chunk adapter of ``doc`` in ``collection`` and return its (uncommitted) manifest record.
 
-    Call while holding ``collection.locked()``.
+    Call while holding ``collection.locked()``. ``written`` (key -> file checksum) names chunk files
+    written for records not committed yet; like the manifest's, they are reused, not rewritten.
 
     Raises:
         EmptyDocumentError: the document has no text.
@@ -60,7 +62,7 @@ def ingest_document(doc: LoadedDocument, *, base: LoadedModel, hypernet: DocToLo
     except EmptyDocumentError as exc:
         raise EmptyDocumentError(f"document {doc.doc_id!r}: {exc}") from exc
     records: list[ChunkRecord] = []
-    checksums = collection.chunk_checksums()  # grows with this document's chunks as they are written
+    checksums = {**collection.chunk_checksums(), **(written or {})}  # grows as this document's chunks are written
     show_bar = progress and sys.stderr.isatty()
     log = _ProgressLog(doc.doc_id, len(doc.text), enabled=not show_bar)
     with tqdm(total=len(doc.text), desc=f"internalizing {doc.doc_id}", unit="char", unit_scale=True,
@@ -98,6 +100,51 @@ class _ProgressLog:
     def done(self, chunks: int) -> None:
         if self.enabled:
             logger.info("internalized %r: %d chunks in %.1f s", self.doc_id, chunks, time.monotonic() - self.start)
+
+
+class IngestProgress:
+    """Progress of one ingest call over many documents: documents done, tokens encoded per second, and an ETA when
+    the number of documents is known. A tqdm bar when ``enabled`` and stderr is a terminal; otherwise (enabled)
+    a log line every ``PROGRESS_LOG_S`` seconds and one at the end. Unchanged documents count as done, not encoded.
+    """
+
+    def __init__(self, enabled: bool, total: int | None = None):
+        self.enabled, self.total = enabled, total
+        self.docs = self.encoded = self.tokens = 0
+        self.start = self.last = time.monotonic()
+        self.bar = tqdm(total=total, desc="ingest", unit="doc") if enabled and sys.stderr.isatty() \
+            else None
+
+    def __enter__(self) -> IngestProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.docs > 1:
+            logger.info("ingest: %s", self.summary())
+
+    def document(self, tokens: int, encoded: bool) -> None:
+        """One more document done; ``tokens`` of it were encoded (0 when it was unchanged)."""
+        self.docs += 1
+        self.encoded += encoded
+        self.tokens += tokens
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.tokens_per_s():.0f} tok/s, {self.encoded} encoded", refresh=False)
+            self.bar.update(1)
+        elif self.enabled and time.monotonic() - self.last >= PROGRESS_LOG_S:
+            self.last = time.monotonic()
+            logger.info("ingest: %s", self.summary())
+
+    def tokens_per_s(self) -> float:
+        """Tokens encoded per second since the ingest started."""
+        return self.tokens / max(1e-9, time.monotonic() - self.start)
+
+    def summary(self) -> str:
+        """One line: documents done (of how many), encoded, tokens, tokens per second, seconds."""
+        done = f"{self.docs}" + (f" of {self.total}" if self.total else "")
+        return (f"{done} documents ({self.encoded} encoded), {self.tokens} tokens, {self.tokens_per_s():.0f} tok/s, "
+                f"{time.monotonic() - self.start:.0f} s")
 
 
 def _store_batch(batch: list[Chunk], base: LoadedModel, hypernet: DocToLoRA, cache: AdapterCache,

@@ -26,7 +26,7 @@ import builtins
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,13 @@ from .aio import iterate_in_thread
 from .base import LoadedModel
 from .cache import AdapterCache
 from .check import CheckReport, check_collection, repair_document
-from .collection import Collection, DocumentInfo
+from .collection import Collection, DocumentInfo, DocumentRecord
 from .composer import Composed, Composer
 from .config import MemoryConfig
 from .errors import CollectionError, DuplicateDocumentError
 from .generation import GENERATION_FIELDS, GenerationConfig, Messages, encode_chat, generate, stream
 from .hypernet import DocToLoRA
-from .ingest import content_sha256, ingest_document
+from .ingest import IngestProgress, content_sha256, ingest_document
 from .loaders import LoadedDocument, check_doc_id, load_documents, text_doc_id
 from .loaders import Source as DocumentSource
 from .loading import load_models
@@ -173,9 +173,13 @@ class LoRAMemory:
         return self._ingest(docs, progress, replace_any_source=doc_id is not None)
 
     def add_documents(self, docs: Iterable[tuple[str, str | None, Mapping[str, Any] | None]], *,
-                      progress: bool = False) -> list[str]:
+                      progress: bool = False, total: int | None = None) -> list[str]:
         """Internalize ``(text, doc_id or None, metadata or None)`` triples; returns their ids.
 
+        The bulk path: ``docs`` is consumed lazily (a generator over a corpus never sits in memory), finished
+        documents are committed every ``MemoryConfig.commit_interval_s`` seconds, and unchanged documents are
+        skipped without encoding, so re-running an interrupted ingest resumes it. ``progress`` shows documents
+        and tokens per second (with an ETA when ``total``, the number of documents, is given).
         An id given twice is refused when its second document comes (the first stays).
 
         Raises:
@@ -186,7 +190,7 @@ class LoRAMemory:
         loaded = (LoadedDocument(check_doc_id(doc_id) if doc_id else text_doc_id(text), text, None,
                                  dict(metadata or {}))
                   for text, doc_id, metadata in docs)
-        return self._ingest(loaded, progress, replace_any_source=True)
+        return self._ingest(loaded, progress, replace_any_source=True, bulk=True, total=total)
 
     def update(self, doc_id: str, source: DocumentSource, metadata: Mapping[str, Any] | None = None) -> str:
         """Replace an existing document's content (and metadata, when given; else it is kept).
@@ -199,7 +203,7 @@ class LoRAMemory:
             old = self.collection.record(doc_id)
             [doc] = load_documents(source, doc_id=doc_id)
             keep = dict(metadata) if metadata is not None else old.metadata
-            self._store(dataclasses.replace(doc, metadata=keep), progress=False, replace_any_source=True)
+            self._store(dataclasses.replace(doc, metadata=keep))
         return doc_id
 
     def delete(self, doc_id: str) -> None:
@@ -235,19 +239,54 @@ class LoRAMemory:
             self.collection.check_models(self.base.name, self.base.fingerprint, self.hypernet.fingerprint)
             yield
 
-    def _ingest(self, docs: Iterable[LoadedDocument], progress: bool, replace_any_source: bool) -> builtins.list[str]:
-        ids: list[str] = []
-        with self._writing():
-            for doc in docs:
-                if doc.doc_id in ids:
-                    raise DuplicateDocumentError(f"document id {doc.doc_id!r} is given twice; the second would "
-                                                 "replace the first (the first was added)")
-                self._store(doc, progress, replace_any_source)
-                ids.append(doc.doc_id)
-        return ids
+    def _ingest(self, docs: Iterable[LoadedDocument], progress: bool, replace_any_source: bool,
+                bulk: bool = False, total: int | None = None) -> builtins.list[str]:
+        """Store ``docs`` under one writer lock, committing the finished ones every ``commit_interval_s`` seconds,
+        at the end, and before an error propagates (so every document finished before it stays).
 
-    def _store(self, doc: LoadedDocument, progress: bool, replace_any_source: bool) -> None:
-        """Ingest and commit one document (inside the writer lock).
+        A ``bulk`` ingest shows its progress for the whole call (``total`` documents, if known), not per document.
+        """
+        ids: set[str] = set()
+        order: list[str] = []
+        pending: list[DocumentRecord] = []
+        with self._writing(), IngestProgress(enabled=progress and bulk, total=total) as bar:
+            last = time.monotonic()
+            try:
+                for doc in docs:
+                    if doc.doc_id in ids:
+                        raise DuplicateDocumentError(f"document id {doc.doc_id!r} is given twice; the second "
+                                                     "would replace the first (the first was added)")
+                    record = self._record(doc, progress and not bulk, replace_any_source, pending)
+                    ids.add(doc.doc_id)
+                    order.append(doc.doc_id)
+                    if record is not None:
+                        pending.append(record)
+                    bar.document(sum(c.n_tokens for c in record.chunks) if record else 0, encoded=record is not None)
+                    if pending and time.monotonic() - last >= self.config.commit_interval_s:
+                        self._commit(pending)
+                        last = time.monotonic()
+            finally:
+                if pending:
+                    self._commit(pending)
+        return order
+
+    def _store(self, doc: LoadedDocument) -> None:
+        """Ingest and commit one document whose id the caller chose (inside the writer lock)."""
+        record = self._record(doc, progress=False, replace_any_source=True)
+        if record is not None:
+            self._commit([record])
+
+    def _commit(self, records: builtins.list[DocumentRecord]) -> None:
+        """Commit ``records`` (one manifest write) and empty the list."""
+        self.collection.commit(*records, models={"base_model": self.base.name, "base_fingerprint": self.base.fingerprint,
+                                                 "hypernet_fingerprint": self.hypernet.fingerprint})
+        records.clear()
+
+    def _record(self, doc: LoadedDocument, progress: bool, replace_any_source: bool,
+                pending: Sequence[DocumentRecord] = ()) -> DocumentRecord | None:
+        """Ingest one document (inside the writer lock): its uncommitted record, or None when it is unchanged.
+
+        Chunk files of ``pending`` records (written, not committed yet) are reused, never rewritten.
 
         Raises:
             DuplicateDocumentError: ``doc`` would replace a document from another file and
@@ -265,17 +304,15 @@ class LoRAMemory:
             damaged = self.collection.damaged_chunks(old) if unchanged else {}
             if unchanged and not damaged:
                 logger.info("document %r is unchanged", doc.doc_id)
-                return
+                return None
             if damaged:
                 logger.warning("document %r: rebuilding %d damaged chunk files", doc.doc_id, len(damaged))
             else:
                 logger.info("replacing document %r", doc.doc_id)
-        record = ingest_document(doc, base=self.base, hypernet=self.hypernet, cache=self.cache,
-                                 collection=self.collection, chunk_tokens=chunk_tokens,
-                                 batch_size=self.config.ingest_batch_size, progress=progress)
-        self.collection.commit(record, models={"base_model": self.base.name,
-                                               "base_fingerprint": self.base.fingerprint,
-                                               "hypernet_fingerprint": self.hypernet.fingerprint})
+        written = {c.key: c.sha256 for record in pending for c in record.chunks}
+        return ingest_document(doc, base=self.base, hypernet=self.hypernet, cache=self.cache,
+                               collection=self.collection, chunk_tokens=chunk_tokens,
+                               batch_size=self.config.ingest_batch_size, progress=progress, written=written)
 
     # ------------------------------------------------------------ adapters
     def adapter(self, question: Question | None = None, *, task: str | None = None) -> LoRAAdapter | None:
@@ -329,7 +366,7 @@ class LoRAMemory:
             for damaged in report.damaged:
                 damaged.repaired = repair_document(
                     self.collection, self.cache, damaged,
-                    lambda doc: self._store(doc, progress=False, replace_any_source=True))
+                    self._store)
         return report
 
     def prepare(self, question: Question | None, *, task: str | None = None
