@@ -276,12 +276,12 @@ def written_questions() -> dict[str, tuple[tuple[QA, ...], ...]]:
 
 def _article_and_questions(rng: random.Random, pool: tuple[Article, ...], source: Source,
                            n: int) -> tuple[Article, list[QA]]:
-    """A random article of ``pool`` that has questions of ``source``, and ``n`` of them about different facts."""
-    if source == "written":
-        written = written_questions()
-        candidates = [a for a in pool if a.title in written]
-        if not candidates:
-            raise ValueError("no article of this split has written questions (they cover the training split only)")
+    """A random article of ``pool`` with ``n`` questions of ``source`` about different facts (rule-made ones when
+    no article of ``pool`` has written questions).
+    """
+    written = written_questions() if source == "written" else {}
+    candidates = [a for a in pool if a.title in written]
+    if candidates:
         article = rng.choice(candidates)
         facts = rng.sample(written[article.title], min(n, len(written[article.title])))
         return article, [rng.choice(fact) for fact in facts]
@@ -305,7 +305,8 @@ def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1
         keep: questions about an unrelated article (``info["keep"]``); on them the trainer holds the student to
             the bare model's distribution, so the adapter leaves what its text does not inform alone.
         max_words: longer articles are cut at a sentence edge, so one article is one chunk.
-        source: ``rules`` (rule-made questions) or ``written`` (:func:`written_questions`, training split only).
+        source: ``rules`` (rule-made questions) or ``written`` (:func:`written_questions`). Written questions
+            exist for training articles only: held-out examples (the trainer's held-out monitor) get rule-made ones.
     """
     pool = load_articles(split)
     article, asked = _article_and_questions(rng, pool, source, questions)
