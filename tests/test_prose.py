@@ -16,6 +16,7 @@ from lora_memory.evaluation.prose import (
     evaluate_questions,
     handwritten_questions,
     rule_questions,
+    written_capacity_questions,
 )
 from lora_memory.evaluation.scoring import contains, exact_match
 from lora_memory.hypernet import DocToLoRA
@@ -172,11 +173,21 @@ def test_write_section_replaces_only_its_own_block(tmp_path):
     assert text.index("ladder v2") < text.index("prose v1")
 
 
-def test_prose_capacity_trains_a_free_lora_and_reports_both_variants(tiny_llama):
+def test_prose_capacity_trains_a_free_lora_and_reports_every_variant(tiny_llama):
     hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
-    rules = evaluate_prose_capacity(tiny_llama, hypernet.config, articles=1, steps=1, max_new_tokens=2)
-    everything = evaluate_prose_capacity(tiny_llama, hypernet.config, articles=1, steps=1, max_new_tokens=2,
-                                         everything=True)
-    assert rules["n"] == 2 and everything["n_trained"] > rules["n_trained"]  # clozes and continuations added
-    table = capacity_markdown(rules, everything, hypernet.config.rank)
-    assert "rule-made questions" in table and "every cloze" in table
+    caps = {variant: evaluate_prose_capacity(tiny_llama, hypernet.config, articles=1, steps=1, max_new_tokens=2,
+                                             variant=variant) for variant in ("rules", "everything", "written")}
+    assert caps["rules"]["n"] == 2 and caps["everything"]["n_trained"] > caps["rules"]["n_trained"]
+    assert caps["written"]["n_trained"] >= 4
+    table = capacity_markdown(caps, hypernet.config.rank)
+    assert "rule-made questions" in table and "every cloze" in table and "written questions" in table
+
+
+def test_written_capacity_questions_are_held_out_articles_and_never_an_evaluation_question():
+    written = written_capacity_questions()
+    hand = handwritten_questions()
+    assert set(written) == {q.title for q in hand} and all(split_of_title(t) == "heldout" for t in written)
+    asked = {" ".join(q.question.casefold().split()) for q in hand}
+    assert all(" ".join(qa.question.casefold().split()) not in asked for qas in written.values() for qa in qas)
+    assert sum(len(qas) for qas in written.values()) > 400
+    assert set(written).isdisjoint(written_questions())  # and the hypernetwork's training data never holds them

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -37,13 +39,14 @@ from ..chunking import chunk_text
 from ..hypernet import DocToLoRA, HypernetConfig
 from ..routing import BM25Index
 from ..training.d2l.baseline import distill_document
-from ..training.d2l.data import Example
+from ..training.d2l.data import QA, Example
 from ..training.d2l.prose import Article, article_questions, cloze_questions, continuations, load_articles, sentences
 from .answering import greedy_answer, greedy_answers
 from .prompts import in_context_prompt
 from .scoring import contains, exact_match
 
 QUESTIONS_FILE = Path(__file__).with_name("prose_questions.json")
+CAPACITY_QUESTIONS_FILE = Path(__file__).with_name("prose_capacity_questions.json")
 RULE_TYPES = ("cloze", "capital", "population", "located", "founded")
 GROUP_SIZE = 4
 RAG_TOP_K = 2
@@ -225,15 +228,42 @@ def evaluate_prose(hypernet: DocToLoRA, base: LoadedModel, quick: bool = False, 
     return report
 
 
-def capacity_example(article: Article, draws: int = 4, everything: bool = False) -> Example:
-    """The free LoRA's training set: every rule-made question type in ``draws`` phrasings; with ``everything``
-    also every cloze and every sentence's continuation (the whole text, reconstructed).
+CapacityVariant = Literal["rules", "everything", "written"]
+CAPACITY_VARIANTS: dict[str, str] = {
+    "rules": "rule-made questions",
+    "everything": "+ every cloze and sentence continuation",
+    "written": "written questions (another author, other wording)",
+}
+
+
+def written_capacity_questions(path: Path = CAPACITY_QUESTIONS_FILE) -> dict[str, list[QA]]:
+    """Title -> the capacity rung's written training questions (both wordings of every fact), without any
+    question identical to a hand-written evaluation question (case and punctuation aside).
     """
+    asked = {_normalized(q.question) for q in handwritten_questions()}
+    raw = json.loads(path.read_text(encoding="utf-8"))["articles"]
+    return {item["title"]: [QA(q, fact["answers"][0]) for fact in item["facts"] for q in fact["questions"]
+                            if _normalized(q) not in asked] for item in raw}
+
+
+def _normalized(question: str) -> str:
+    return " ".join(re.findall(r"\w+", question.casefold()))
+
+
+def capacity_example(article: Article, variant: CapacityVariant = "rules", draws: int = 4) -> Example:
+    """The free LoRA's training set for one article.
+
+    ``rules``: every rule-made question type in ``draws`` phrasings; ``everything``: also every cloze and every
+    sentence's continuation (the whole text, reconstructed); ``written``: the written capacity questions
+    (:func:`written_capacity_questions`).
+    """
+    if variant == "written":
+        return Example(article.text, written_capacity_questions()[article.title], "prose", {"title": article.title})
     qa = {}
     for seed in range(draws):
         for made in article_questions(random.Random(seed), article).values():
             qa[made.question] = made
-    if everything:
+    if variant == "everything":
         rng, sents = random.Random(0), sentences(article.text)
         for made in cloze_questions(rng, article.title, sents) + continuations(rng, article.title, sents):
             qa[made.question] = made
@@ -241,9 +271,9 @@ def capacity_example(article: Article, draws: int = 4, everything: bool = False)
 
 
 def evaluate_prose_capacity(base: LoadedModel, config: HypernetConfig, articles: int = 8, steps: int = 30,
-                            max_new_tokens: int = 24, everything: bool = False) -> dict[str, float]:
-    """Rung 1 on prose: a free LoRA of the adapter's shape, trained on one article's rule-made questions,
-    answers that article's hand-written questions (other wording, never trained on)?
+                            max_new_tokens: int = 24, variant: CapacityVariant = "rules") -> dict[str, float]:
+    """Rung 1 on prose: a free LoRA of the adapter's shape, trained on one article's questions of ``variant``,
+    answers that article's hand-written questions (never trained on)?
 
     Returns contains on the hand-written questions with the trained LoRA and closed-book, the share of
     its own training questions it answers, and the seconds per Adam step.
@@ -253,7 +283,7 @@ def evaluate_prose_capacity(base: LoadedModel, config: HypernetConfig, articles:
     titles = list(dict.fromkeys(q.title for q in hand))[:articles]
     with_lora, closed, trained, seconds = [], [], [], []
     for i, title in enumerate(titles):
-        ex = capacity_example(by_title[title], everything=everything)
+        ex = capacity_example(by_title[title], variant)
         with torch.enable_grad():
             result = distill_document(base, ex, config, steps=steps, lr=1e-2, seed=i)
         seconds.append(result.seconds_per_step)
@@ -267,15 +297,16 @@ def evaluate_prose_capacity(base: LoadedModel, config: HypernetConfig, articles:
             "n_trained": float(len(trained)), "steps": float(steps), "seconds_per_step": sum(seconds) / len(seconds)}
 
 
-def capacity_markdown(rules: dict[str, float], everything: dict[str, float], rank: int) -> str:
-    """The capacity rung's two runs: trained on the rule-made questions, and on the whole text reconstructed."""
-    lines = [f"### Capacity on prose (a free rank-{rank} LoRA of the adapter's shape, {rules['steps']:.0f} Adam steps "
+def capacity_markdown(results: dict[str, dict[str, float]], rank: int) -> str:
+    """The capacity rung's runs, one row per training-question variant (keys of :data:`CAPACITY_VARIANTS`)."""
+    first = next(iter(results.values()))
+    lines = [f"### Capacity on prose (a free rank-{rank} LoRA of the adapter's shape, {first['steps']:.0f} Adam steps "
              "per article)", "",
              "| trained on | its own training questions | hand-written questions (other wording) | closed-book |",
              "|---|---:|---:|---:|"]
-    for name, cap in (("rule-made questions", rules), ("+ every cloze and sentence continuation", everything)):
-        lines.append(f"| {name} ({cap['n_trained']:.0f}) | {cap['trained_questions']:.2f} | "
+    for variant, cap in results.items():
+        lines.append(f"| {CAPACITY_VARIANTS[variant]} ({cap['n_trained']:.0f}) | {cap['trained_questions']:.2f} | "
                      f"{cap['hand_written_lora']:.2f} | {cap['hand_written_closed']:.2f} |")
-    lines += ["", f"{rules['n']:.0f} hand-written questions; contains; "
-              f"{rules['seconds_per_step']:.2f} s per step."]
+    lines += ["", f"{first['n']:.0f} hand-written questions on {first['n'] / 2:.0f} held-out articles; contains; "
+              f"{first['seconds_per_step']:.2f} s per step."]
     return "\n".join(lines)

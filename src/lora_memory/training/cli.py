@@ -91,9 +91,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.capacity and args.prose:
         from ..evaluation.prose import capacity_markdown, evaluate_prose_capacity
 
-        caps = {everything: evaluate_prose_capacity(base, hypernet.config, articles=3 if args.quick else 6,
-                                                    everything=everything) for everything in (False, True)}
-        table += "\n\n" + capacity_markdown(caps[False], caps[True], hypernet.config.rank)
+        caps = {variant: evaluate_prose_capacity(base, hypernet.config, articles=3 if args.quick else 20,
+                                                 variant=variant) for variant in ("rules", "everything", "written")}
+        table += "\n\n" + capacity_markdown(caps, hypernet.config.rank)
     elif args.capacity:
         cap = evaluate_capacity(base, hypernet.config, documents=2 if args.quick else 6)
         table += (f"\n\n### Capacity (free rank-{hypernet.config.rank} LoRA, {cap['steps']:.0f} Adam steps per "
