@@ -66,6 +66,8 @@ class BenchSettings(PydanticModel):
     serve_min_requests: int = Field(8, ge=1, description="Requests per level: max(this, 2 x clients).")
     serve_max_tokens: int = Field(32, ge=1, description="max_tokens of every served request.")
     serve_level_time_s: float = Field(180.0, gt=0, description="No new request after this long at one level.")
+    corpus_documents: int = Field(10_033, ge=1, description="Wikipedia summaries of the corpus benchmark.")
+    corpus_needles: int = Field(50, ge=1, description="Needles inserted into the corpus benchmark's articles.")
     seed: int = 20240
 
     @classmethod
@@ -73,12 +75,14 @@ class BenchSettings(PydanticModel):
         presets: dict[str, dict[str, Any]] = {
             "full": {},
             "quick": dict(ingest_lengths=[256, 1024, 4096], answer_lengths=[1024, 4096], rss_lengths=[4096],
-                          needle_lengths=[256, 1024], facts_documents=10, cache_lengths=[4096]),
+                          needle_lengths=[256, 1024], facts_documents=10, cache_lengths=[4096],
+                          corpus_documents=1000),
             "smoke": dict(runs=1, warmup=0, threads=1, ingest_lengths=[64, 300], answer_lengths=[128],
                           footprint_lengths=[256, 1024], rss_lengths=[128], rss_workers=4, needle_lengths=[64],
                           needle_depths=[0.5], facts_documents=1, facts_questions=1, cache_lengths=[300],
                           max_new_tokens=4, accuracy_max_new_tokens=4, distill_steps=1, serve_clients=[1, 2],
-                          serve_min_requests=2, serve_max_tokens=4, serve_level_time_s=30.0),
+                          serve_min_requests=2, serve_max_tokens=4, serve_level_time_s=30.0,
+                          corpus_documents=30, corpus_needles=4),
         }
         values = {"mode": mode, **presets[mode]}
         if threads is not None:

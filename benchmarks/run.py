@@ -29,7 +29,7 @@ import torch
 
 from lora_memory.evaluation.machine import load_average
 
-from . import accuracy, answer_latency, cache_reuse, footprint, ingest_cost, serving_load
+from . import accuracy, answer_latency, cache_reuse, corpus_scale, footprint, ingest_cost, serving_load
 from .common import BenchSettings, Context, Section, Target, bench_machine_info, load_context, md_table
 
 logger = logging.getLogger("benchmarks")
@@ -41,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[Context, Path], Section]] = {
     "accuracy": accuracy.run,
     "cache": cache_reuse.run,
     "serving": serving_load.run,
+    "corpus": corpus_scale.run,
 }
 
 

@@ -64,7 +64,7 @@ def ingest_document(doc: LoadedDocument, *, base: LoadedModel, hypernet: DocToLo
     records: list[ChunkRecord] = []
     checksums = {**collection.chunk_checksums(), **(written or {})}  # grows as this document's chunks are written
     show_bar = progress and sys.stderr.isatty()
-    log = _ProgressLog(doc.doc_id, len(doc.text), enabled=not show_bar)
+    log = _ProgressLog(doc.doc_id, len(doc.text), enabled=progress and not show_bar)
     with tqdm(total=len(doc.text), desc=f"internalizing {doc.doc_id}", unit="char", unit_scale=True,
               disable=not show_bar) as bar:
         done = 0
