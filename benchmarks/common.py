@@ -226,14 +226,17 @@ class Target:
     measured: float | None
     passed: bool | None
     detail: str = ""
+    shown: str | None = None  # how ``measured`` is written in the report; None: as a ratio ("1.23x")
 
     @classmethod
-    def at_most(cls, name: str, goal: str, measured: float | None, limit: float, detail: str = "") -> Target:
-        return cls(name, goal, measured, None if measured is None else measured <= limit, detail)
+    def at_most(cls, name: str, goal: str, measured: float | None, limit: float, detail: str = "",
+                shown: str | None = None) -> Target:
+        return cls(name, goal, measured, None if measured is None else measured <= limit, detail, shown)
 
     @classmethod
-    def at_least(cls, name: str, goal: str, measured: float | None, limit: float, detail: str = "") -> Target:
-        return cls(name, goal, measured, None if measured is None else measured >= limit, detail)
+    def at_least(cls, name: str, goal: str, measured: float | None, limit: float, detail: str = "",
+                 shown: str | None = None) -> Target:
+        return cls(name, goal, measured, None if measured is None else measured >= limit, detail, shown)
 
 
 @dataclass

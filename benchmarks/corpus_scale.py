@@ -138,8 +138,10 @@ def run(ctx: Context, img: Path) -> Section:
         text_bytes = sum(len(r["text"].encode()) for r in records)
         vector_bytes = len(chunks) * MINILM_DIM * 4 + text_bytes  # the chunks partition each text
 
-        right = sum(contains(memory.ask(n["question"], generation=config).text, [n["answer"]]) for n in needles)
-        routed_accuracy = right / len(needles)
+        answers = [memory.ask(n["question"], generation=config) for n in needles]
+        routed_accuracy = sum(contains(a.text, [n["answer"]]) for a, n in zip(answers, needles, strict=True)) / len(needles)
+        routed_right = sum(any(src.doc_id == n["doc_id"] for src in a.sources)
+                           for a, n in zip(answers, needles, strict=True)) / len(needles)
         rag_accuracy = _rag_accuracy(ctx, records, needles, config)
 
         needle_docs = {n["doc_id"] for n in needles}
@@ -179,7 +181,8 @@ def run(ctx: Context, img: Path) -> Section:
                     f"{latency[size]['answer'][0]:.2f} / {latency[size]['answer'][1]:.2f} s"] for size in sizes]),
         "",
         *md_table(["needles at the whole corpus", "contains"],
-                  [["internalized, routed (default MemoryConfig)", f"{routed_accuracy:.2f}"],
+                  [["router: the needle's document among the applied chunks", f"{routed_right:.2f}"],
+                   ["internalized, routed (default MemoryConfig)", f"{routed_accuracy:.2f}"],
                    [f"RAG: LlamaIndex VectorStoreIndex, MiniLM, top-{ctx.rag.top_k} chunks in the prompt",
                     f"{rag_accuracy:.2f}"]]),
         "",
@@ -191,17 +194,21 @@ def run(ctx: Context, img: Path) -> Section:
     ]
     targets = [
         Target.at_most("1M tokens ingested", "<= 15 min on 2 cores", ingest_s / 60 * 1e6 / tokens, 15,
-                       f"{tokens / ingest_s:,.0f} tok/s, extrapolated to 1M tokens (min)"),
+                       f"{tokens / ingest_s:,.0f} tok/s, {s.threads} thread(s); 1M tokens at that rate",
+                       shown=f"{ingest_s / 60 * 1e6 / tokens:.1f} min"),
         Target.at_most("answer latency at the whole corpus", f"<= 1.2x of {sizes[0]} documents", ratio, 1.2,
                        f"{large['answer'][0]:.2f} s vs {small['answer'][0]:.2f} s (p50)"),
-        Target.at_least("routed needle accuracy", ">= 0.95", routed_accuracy, 0.95, f"{len(needles)} needles"),
+        Target.at_least("routed needle accuracy", ">= 0.95", routed_accuracy, 0.95,
+                        f"{len(needles)} needles; the router found the needle's document for {routed_right:.2f}",
+                        shown=f"{routed_accuracy:.2f}"),
         Target.at_most("open time in a new process", "< 2 s", opened["open_and_route_s"], 2.0,
-                       "open and route the first question"),
+                       "open and route the first question", shown=f"{opened['open_and_route_s']:.2f} s"),
         Target("2 workers vs 1", ">= 1.7x", None, None, "parallel ingest not built yet"),
     ]
     data = {"documents": len(records), "tokens": tokens, "chunks": len(chunks), "ingest_s": ingest_s,
             "bytes": {"collection": collection_bytes, "text": text_bytes, "vector_index": vector_bytes},
             "latency": {str(k): v for k, v in latency.items()}, "needle_accuracy": {"routed": routed_accuracy,
+                                                                                   "router": routed_right,
                                                                                    "rag": rag_accuracy},
             "open": opened}
     return Section("7. A real corpus as one collection", lines, [], targets, data)

@@ -98,7 +98,7 @@ def render(settings: BenchSettings, machine: dict, ctx: Context, sections: list[
         "Held by this benchmark, not by the tests.",
         "",
         *md_table(["target", "goal", "measured", "result", "detail"],
-                  [[t.name, t.goal, _ratio(t.measured), _verdict(t), t.detail] for t in targets]),
+                  [[t.name, t.goal, t.shown or _ratio(t.measured), _verdict(t), t.detail] for t in targets]),
         "",
     ]
     for sec in sections:
