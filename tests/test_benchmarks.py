@@ -85,14 +85,14 @@ def test_smoke_run_writes_report_json_and_plots(benchmarks_on_path, tmp_path):
 
     report = (tmp_path / "benchmarks.md").read_text()
     for title in ("1. Internalization cost", "2. Answer latency", "3. Memory", "4. Accuracy", "5. Cache",
-                  "6. Serving"):
+                  "6. Serving", "7. A real corpus"):
         assert f"## {title}" in report
     figures = re.findall(r"!\[[^\]]*\]\((img/[^)]+\.png)\)", report)
     assert len(figures) == 7
     for figure in figures:
         assert (tmp_path / figure).read_bytes()[:8] == PNG_MAGIC
     targets = [line for line in report.splitlines() if re.search(r"\| (PASS|\*\*MISS\*\*|n/a) \|", line)]
-    assert len(targets) == 9, targets
+    assert len(targets) == 14, targets
     assert "extrapolated" in report and "(match)" in report
 
     data = json.loads((tmp_path / "benchmarks.json").read_text())
@@ -101,3 +101,7 @@ def test_smoke_run_writes_report_json_and_plots(benchmarks_on_path, tmp_path):
     rss = data["sections"]["3. Memory: adapter vs KV cache, peak RSS"]["rss_mib"]["128"]
     assert set(rss) == {"base", "internalized", "in-context", "rag"}
     assert all(v["peak"]["median"] >= v["after_load"]["median"] > 0 for v in rss.values())
+    corpus = data["sections"]["7. A real corpus as one collection"]
+    assert corpus["documents"] == 30 and corpus["tokens"] > 1000 and corpus["open"]["documents"] == 30
+    assert corpus["needle_accuracy"]["router"] == 1.0  # the smoke corpus's needles are routed to their documents
+    assert corpus["bytes"]["collection"] > corpus["bytes"]["vector_index"] > corpus["bytes"]["text"]
