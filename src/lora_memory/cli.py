@@ -16,6 +16,7 @@ home's ``collections/``); a collection elsewhere is opened only through an expli
 
 Example:
     $ lora-memory ingest notes/ -c work --glob '**/*.md'
+    $ lora-memory ingest corpus.jsonl -c wiki --workers 4
     $ lora-memory ask "When is the launch?" -c work --json
     $ lora-memory check -c work --repair
     $ lora-memory cache prune
@@ -41,6 +42,7 @@ from .corpus import JSONL_SUFFIX, count_lines, iter_jsonl
 from .errors import CorruptManifestError, LoRAMemoryError
 from .generation import GenerationConfig
 from .memory import DEFAULT_COLLECTION, LoRAMemory
+from .parallel import DEFAULT_WORKER_THREADS
 from .paths import HOME_ENV, collection_dir, collections_dir
 from .serve_command import add_serve_arguments, run_serve
 from .training.cli import add_eval_arguments, add_train_arguments, run_eval, run_train
@@ -99,6 +101,9 @@ def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
     _add_collection(parser)
     parser.add_argument("--glob", default="**/*", help="files to read inside directories (default: **/*)")
     parser.add_argument("--id", dest="doc_id", help="document id (only with a single file)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="encode in N worker processes, each with --threads torch threads (default 1); "
+                             "this process writes and commits (default: 1, encode here)")
 
 
 def ingest(args: argparse.Namespace) -> int:
@@ -107,15 +112,16 @@ def ingest(args: argparse.Namespace) -> int:
     A ``.jsonl`` file given by name is a corpus, one document per line (:mod:`lora_memory.corpus`).
     """
     memory = open_memory(args)
+    parallel = {"workers": args.workers, "worker_threads": args.threads or DEFAULT_WORKER_THREADS}
     corpora = [p for p in args.paths if p.suffix == JSONL_SUFFIX and p.is_file()]
     if corpora and args.doc_id:
         raise ValueError("--id names one document; a .jsonl corpus holds many")
     others = [p for p in args.paths if p not in corpora]
     if others:
-        for doc_id in memory.add(others, doc_id=args.doc_id, glob=args.glob, progress=True):
+        for doc_id in memory.add(others, doc_id=args.doc_id, glob=args.glob, progress=True, **parallel):
             print(doc_id)
     for path in corpora:
-        for doc_id in memory.add_documents(iter_jsonl(path), progress=True, total=count_lines(path)):
+        for doc_id in memory.add_documents(iter_jsonl(path), progress=True, total=count_lines(path), **parallel):
             print(doc_id)
     return 0
 

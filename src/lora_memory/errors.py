@@ -74,3 +74,7 @@ class UnsupportedRequestError(LoRAMemoryError, ValueError):
 
 class SchedulerClosedError(LoRAMemoryError):
     """The decoding scheduler no longer takes requests (it is shutting down)."""
+
+
+class IngestWorkerError(LoRAMemoryError):
+    """A parallel-ingest worker process died, or loaded other models than the memory runs on."""

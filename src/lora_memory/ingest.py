@@ -9,7 +9,9 @@ the collection's chunk files before the next batch starts; a stored chunk file t
 is damaged is written again, so re-ingesting a document repairs it. Nothing here touches the
 manifest: the caller commits the returned record, which makes the document
 appear all at once. An interrupted ingest leaves its encoded chunks in the
-shared cache, so running it again resumes where it stopped.
+shared cache, so running it again resumes where it stopped. The step "chunks -> adapters in the
+shared cache" (:func:`encode_into_cache`) is also what parallel-ingest workers run
+(:mod:`lora_memory.parallel`).
 
 Progress: a bar on stderr from the first moment (in characters) when asked for and
 stderr is a terminal; otherwise progress is logged (INFO, ``lora_memory.ingest``) at the
@@ -23,13 +25,13 @@ import itertools
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
 from .adapter import LoRAAdapter
 from .base import LoadedModel
-from .cache import AdapterCache
+from .cache import AdapterCache, CacheEntry
 from .chunking import Chunk, iter_chunks
 from .collection import SNIPPET_CHARS, ChunkRecord, Collection, DocumentRecord
 from .errors import EmptyDocumentError
@@ -57,10 +59,7 @@ def ingest_document(doc: LoadedDocument, *, base: LoadedModel, hypernet: DocToLo
     Raises:
         EmptyDocumentError: the document has no text.
     """
-    try:
-        chunks = iter_chunks(base.tokenizer, doc.text, chunk_tokens)
-    except EmptyDocumentError as exc:
-        raise EmptyDocumentError(f"document {doc.doc_id!r}: {exc}") from exc
+    batches = chunk_batches(doc.doc_id, doc.text, base, chunk_tokens, batch_size)
     records: list[ChunkRecord] = []
     checksums = {**collection.chunk_checksums(), **(written or {})}  # grows as this document's chunks are written
     show_bar = progress and sys.stderr.isatty()
@@ -68,7 +67,7 @@ def ingest_document(doc: LoadedDocument, *, base: LoadedModel, hypernet: DocToLo
     with tqdm(total=len(doc.text), desc=f"internalizing {doc.doc_id}", unit="char", unit_scale=True,
               disable=not show_bar) as bar:
         done = 0
-        while batch := list(itertools.islice(chunks, batch_size)):
+        for batch in batches:
             records.extend(_store_batch(batch, base, hypernet, cache, collection, checksums))
             bar.update(batch[-1].char_end - done)
             bar.set_postfix(chunks=len(records), refresh=False)
@@ -77,6 +76,43 @@ def ingest_document(doc: LoadedDocument, *, base: LoadedModel, hypernet: DocToLo
     log.done(len(records))
     return DocumentRecord(doc_id=doc.doc_id, source=doc.source, metadata=dict(doc.metadata), added_at=time.time(),
                           content_sha256=content_sha256(doc.text), chunk_tokens=chunk_tokens, chunks=records)
+
+
+def chunk_batches(doc_id: str, text: str, base: LoadedModel, chunk_tokens: int,
+                  batch_size: int) -> Iterator[list[Chunk]]:
+    """The chunks of a document's ``text``, ``batch_size`` at a time (lazily: one segment of text at a time).
+
+    Raises:
+        EmptyDocumentError: the document has no text (at once, before any batch).
+    """
+    try:
+        chunks = iter_chunks(base.tokenizer, text, chunk_tokens)
+    except EmptyDocumentError as exc:
+        raise EmptyDocumentError(f"document {doc_id!r}: {exc}") from exc
+    return iter(lambda: list(itertools.islice(chunks, batch_size)), [])
+
+
+def chunk_keys(chunks: Sequence[Chunk], base: LoadedModel, hypernet: DocToLoRA) -> list[str]:
+    """The content-addressed cache keys of ``chunks`` (for these models and the base model's dtype)."""
+    dtype = str(base.dtype).removeprefix("torch.")
+    return [AdapterCache.key(hypernet.fingerprint, base.fingerprint, c.token_ids, dtype) for c in chunks]
+
+
+def encode_into_cache(chunks: Mapping[str, Chunk], base: LoadedModel, hypernet: DocToLoRA,
+                      cache: AdapterCache) -> dict[str, CacheEntry]:
+    """The cache entries of ``chunks`` (cache key -> chunk): hits as they are, misses encoded in one
+    hypernetwork pass and put into the cache first.
+
+    Raises:
+        diskcache.Timeout: the cache stayed locked by another process (see :class:`AdapterCache`).
+    """
+    entries = {k: cache.get_entry(k) for k in chunks}
+    missing = [k for k, e in entries.items() if e is None]
+    if missing:
+        encoded = hypernet.adapters_for_chunks(base, [chunks[k] for k in missing], batch_size=len(missing))
+        for k, adapter in zip(missing, encoded):
+            entries[k] = cache.put(k, _plain(adapter, base, hypernet), chunks[k].text)
+    return {k: e for k, e in entries.items() if e is not None}  # every entry is filled by now
 
 
 class _ProgressLog:
@@ -155,17 +191,10 @@ def _store_batch(batch: list[Chunk], base: LoadedModel, hypernet: DocToLoRA, cac
     through the hypernetwork (and into the cache). A file in ``checksums`` that is
     damaged is rebuilt the same way.
     """
-    dtype = str(base.dtype).removeprefix("torch.")
-    keys = [AdapterCache.key(hypernet.fingerprint, base.fingerprint, c.token_ids, dtype) for c in batch]
+    keys = chunk_keys(batch, base, hypernet)
     needed = {k: c for k, c in zip(keys, batch)  # a dict: also drops repeats within the batch
               if k not in checksums or collection.chunk_damage(k, checksums[k]) is not None}
-    entries = {k: cache.get_entry(k) for k in needed}
-    missing = [k for k, e in entries.items() if e is None]
-    if missing:
-        encoded = hypernet.adapters_for_chunks(base, [needed[k] for k in missing], batch_size=len(missing))
-        for k, adapter in zip(missing, encoded):
-            entries[k] = cache.put(k, _plain(adapter, base, hypernet), needed[k].text)
-    stored = {k: e for k, e in entries.items() if e is not None}  # every entry is filled by now
+    stored = encode_into_cache(needed, base, hypernet, cache)
     collection.write_chunks({k: e.payload for k, e in stored.items()})
     checksums.update({k: e.sha256 for k, e in stored.items()})
     return [ChunkRecord(key=k, sha256=checksums[k], char_start=c.char_start, char_end=c.char_end,

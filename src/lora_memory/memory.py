@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from .ingest import IngestProgress, content_sha256, ingest_document
 from .loaders import LoadedDocument, check_doc_id, load_documents, text_doc_id
 from .loaders import Source as DocumentSource
 from .loading import load_models
+from .parallel import DEFAULT_WORKER_THREADS, WorkerSpec, encoded_in_workers
 from .paths import collection_dir
 
 logger = logging.getLogger(__name__)
@@ -98,13 +99,14 @@ class LoRAMemory:
     """
 
     def __init__(self, name: str, collection: Collection, config: MemoryConfig, base: LoadedModel,
-                 hypernet: DocToLoRA, cache: AdapterCache):
+                 hypernet: DocToLoRA, cache: AdapterCache, models_from_config: bool = False):
         self.name = name
         self.config = config
         self.base = base
         self.hypernet = hypernet
         self.cache = cache
         self.collection = collection
+        self._models_from_config = models_from_config  # worker processes can load them (parallel ingest)
         self._composer = Composer(collection, base, hypernet, config.top_k, config.max_rank, config.min_relevance)
 
     @classmethod
@@ -133,6 +135,7 @@ class LoRAMemory:
         config = config or MemoryConfig()
         if directory is None:
             directory = collection_dir(name)
+        models_from_config = base is None and hypernet is None
         base, hypernet = load_models(config, base, hypernet)
         limit = hypernet.config.max_chunk_tokens
         if config.chunk_tokens is not None and config.chunk_tokens > limit:
@@ -141,11 +144,12 @@ class LoRAMemory:
         collection = Collection(directory, name, lock_timeout_s=config.lock_timeout_s)
         collection.check_models(base.name, base.fingerprint, hypernet.fingerprint)
         cache = AdapterCache(config.cache_dir, config.cache_size_limit_bytes)
-        return cls(name, collection, config, base, hypernet, cache)
+        return cls(name, collection, config, base, hypernet, cache, models_from_config)
 
     # ----------------------------------------------------------- documents
     def add(self, source: DocumentSource, *, doc_id: str | None = None, metadata: Mapping[str, Any] | None = None,
-            glob: str = "**/*", progress: bool = True) -> list[str]:
+            glob: str = "**/*", progress: bool = True, workers: int = 1,
+            worker_threads: int = DEFAULT_WORKER_THREADS) -> list[str]:
         """Internalize documents; returns their ids.
 
         Each document is stored all-or-nothing; documents added before an error stay.
@@ -160,8 +164,12 @@ class LoRAMemory:
             metadata: attached to every document added.
             glob: which files of a directory to read.
             progress: show a progress bar on stderr (when it is a terminal).
+            workers: encode in this many worker processes (see :meth:`add_documents`); 1 encodes in this one.
+            worker_threads: torch threads of each worker process.
 
         Raises:
+            ValueError: ``workers`` > 1 but the models were passed to :meth:`open` as objects, or ``workers`` < 1.
+            IngestWorkerError: a worker process died (the documents before the one it held stay).
             DocumentNotFoundError, EmptyDocumentError, UnsupportedDocumentError: bad input
                 (see :func:`lora_memory.loaders.load_documents`).
             DuplicateDocumentError: two documents of ``source`` share an id (nothing is added),
@@ -170,10 +178,12 @@ class LoRAMemory:
             IncompatibleAdapterError: another process stamped the collection with other models.
         """
         docs = load_documents(source, doc_id=doc_id, metadata=metadata, glob=glob)
-        return self._ingest(docs, progress, replace_any_source=doc_id is not None)
+        return self._ingest(docs, progress, replace_any_source=doc_id is not None, workers=workers,
+                            worker_threads=worker_threads)
 
     def add_documents(self, docs: Iterable[tuple[str, str | None, Mapping[str, Any] | None]], *,
-                      progress: bool = False, total: int | None = None) -> list[str]:
+                      progress: bool = False, total: int | None = None, workers: int = 1,
+                      worker_threads: int = DEFAULT_WORKER_THREADS) -> list[str]:
         """Internalize ``(text, doc_id or None, metadata or None)`` triples; returns their ids.
 
         The bulk path: ``docs`` is consumed lazily (a generator over a corpus never sits in memory), finished
@@ -182,7 +192,16 @@ class LoRAMemory:
         and tokens per second (with an ETA when ``total``, the number of documents, is given).
         An id given twice is refused when its second document comes (the first stays).
 
+        With ``workers`` > 1, that many worker processes (``worker_threads`` torch threads each) load the models
+        from this memory's config and encode the documents' chunks into the shared adapter cache, a few documents
+        ahead per worker; this process stores each document from the cache, in order, and commits
+        (:mod:`lora_memory.parallel`). The collection ends up the same as with ``workers=1``. The workers are
+        ``spawn``-ed: a script calling this with ``workers`` > 1 needs the ``if __name__ == "__main__":`` guard.
+
         Raises:
+            ValueError: ``workers`` > 1 but the models were passed to :meth:`open` as objects (worker processes
+                load them from the config's paths), or ``workers`` < 1.
+            IngestWorkerError: a worker process died (the documents before the one it held stay).
             EmptyDocumentError: a text is empty.
             DuplicateDocumentError: two documents have the same id.
             InvalidNameError: an id is not a valid document id.
@@ -190,7 +209,8 @@ class LoRAMemory:
         loaded = (LoadedDocument(check_doc_id(doc_id) if doc_id else text_doc_id(text), text, None,
                                  dict(metadata or {}))
                   for text, doc_id, metadata in docs)
-        return self._ingest(loaded, progress, replace_any_source=True, bulk=True, total=total)
+        return self._ingest(loaded, progress, replace_any_source=True, bulk=True, total=total, workers=workers,
+                            worker_threads=worker_threads)
 
     def update(self, doc_id: str, source: DocumentSource, metadata: Mapping[str, Any] | None = None) -> str:
         """Replace an existing document's content (and metadata, when given; else it is kept).
@@ -240,19 +260,22 @@ class LoRAMemory:
             yield
 
     def _ingest(self, docs: Iterable[LoadedDocument], progress: bool, replace_any_source: bool,
-                bulk: bool = False, total: int | None = None) -> builtins.list[str]:
+                bulk: bool = False, total: int | None = None, workers: int = 1,
+                worker_threads: int = DEFAULT_WORKER_THREADS) -> builtins.list[str]:
         """Store ``docs`` under one writer lock, committing the finished ones every ``commit_interval_s`` seconds,
         at the end, and before an error propagates (so every document finished before it stays).
 
         A ``bulk`` ingest shows its progress for the whole call (``total`` documents, if known), not per document.
+        With ``workers`` > 1, worker processes put the documents' adapters into the cache first.
         """
+        ahead = self._encoded_ahead(docs, workers, worker_threads)
         ids: set[str] = set()
         order: list[str] = []
         pending: list[DocumentRecord] = []
-        with self._writing(), IngestProgress(enabled=progress and bulk, total=total) as bar:
+        with self._writing(), IngestProgress(enabled=progress and bulk, total=total) as bar, ahead as encoded:
             last = time.monotonic()
             try:
-                for doc in docs:
+                for doc in encoded:
                     if doc.doc_id in ids:
                         raise DuplicateDocumentError(f"document id {doc.doc_id!r} is given twice; the second "
                                                      "would replace the first (the first was added)")
@@ -269,6 +292,41 @@ class LoRAMemory:
                 if pending:
                     self._commit(pending)
         return order
+
+    def _encoded_ahead(self, docs: Iterable[LoadedDocument], workers: int,
+                       threads: int) -> AbstractContextManager[Iterable[LoadedDocument]]:
+        """``docs`` as they are (``workers`` 1), or coming out of ``workers`` processes that encode them into the cache.
+
+        Raises:
+            ValueError: ``workers`` < 1, or > 1 while the models were not loaded from the config.
+        """
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        if workers == 1:
+            return nullcontext(docs)
+        if not self._models_from_config:
+            raise ValueError(
+                f"workers={workers} needs models that worker processes can load: open the memory from a "
+                "MemoryConfig naming them (base_model=, hypernet= paths) instead of passing base=/hypernet= "
+                "objects to LoRAMemory.open, or use workers=1")
+        spec = WorkerSpec(self.config.with_overrides(cache_dir=self.cache.directory), self._chunk_tokens,
+                          self.base.fingerprint, self.hypernet.fingerprint, threads)
+
+        def needs_encoding(doc: LoadedDocument) -> bool:  # else its chunks are stored (damaged ones: rebuilt here)
+            old = self.collection.documents.get(doc.doc_id)
+            return old is None or not self._same_content(old, doc)
+
+        return encoded_in_workers(docs, spec, workers, needs_encoding)
+
+    @property
+    def _chunk_tokens(self) -> int:
+        """The longest chunk of this memory's documents, in base-model tokens."""
+        return self.config.chunk_tokens or self.hypernet.config.max_chunk_tokens
+
+    def _same_content(self, old: DocumentRecord, doc: LoadedDocument) -> bool:
+        """Whether the stored ``old`` holds ``doc`` as it is (text, metadata, source, chunking)."""
+        return (old.content_sha256, old.metadata, old.source, old.chunk_tokens) == (
+            content_sha256(doc.text), dict(doc.metadata), doc.source, self._chunk_tokens)
 
     def _store(self, doc: LoadedDocument) -> None:
         """Ingest and commit one document whose id the caller chose (inside the writer lock)."""
@@ -292,15 +350,13 @@ class LoRAMemory:
             DuplicateDocumentError: ``doc`` would replace a document from another file and
                 ``replace_any_source`` is False (its id was not chosen by the caller).
         """
-        chunk_tokens = self.config.chunk_tokens or self.hypernet.config.max_chunk_tokens
         old = self.collection.documents.get(doc.doc_id)
         if old is not None:
             if not replace_any_source and None not in (old.source, doc.source) and old.source != doc.source:
                 raise DuplicateDocumentError(
                     f"document {doc.doc_id!r} already holds {old.source}; {doc.source} would replace it. Remove it "
                     f"first (lora-memory rm), or give the new one its own id (--id, doc_id=)")
-            unchanged = (old.content_sha256, old.metadata, old.source, old.chunk_tokens) == (
-                content_sha256(doc.text), dict(doc.metadata), doc.source, chunk_tokens)
+            unchanged = self._same_content(old, doc)
             damaged = self.collection.damaged_chunks(old) if unchanged else {}
             if unchanged and not damaged:
                 logger.info("document %r is unchanged", doc.doc_id)
@@ -311,7 +367,7 @@ class LoRAMemory:
                 logger.info("replacing document %r", doc.doc_id)
         written = {c.key: c.sha256 for record in pending for c in record.chunks}
         return ingest_document(doc, base=self.base, hypernet=self.hypernet, cache=self.cache,
-                               collection=self.collection, chunk_tokens=chunk_tokens,
+                               collection=self.collection, chunk_tokens=self._chunk_tokens,
                                batch_size=self.config.ingest_batch_size, progress=progress, written=written)
 
     # ------------------------------------------------------------ adapters
