@@ -69,3 +69,19 @@ def add_in_subprocess(base_dir: str, hypernet_dir: str, collection_dir: str, cac
     barrier.wait(timeout=120)
     for doc_id, text in docs.items():  # one lock per document, so the two workers interleave
         memory.add(text, doc_id=doc_id, progress=False)
+
+
+def count_encoded_chunks(monkeypatch: Any) -> list[int]:
+    """Count hypernetwork encodes in this process: the returned list gets the number of chunks of every
+    ``DocToLoRA.adapters_for_chunks`` call (an ingest served from the cache adds nothing)."""
+    from lora_memory.hypernet import DocToLoRA
+
+    calls: list[int] = []
+    original = DocToLoRA.adapters_for_chunks
+
+    def counting(self: DocToLoRA, base: Any, chunks: list, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(chunks))
+        return original(self, base, chunks, *args, **kwargs)
+
+    monkeypatch.setattr(DocToLoRA, "adapters_for_chunks", counting)
+    return calls

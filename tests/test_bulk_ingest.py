@@ -25,10 +25,9 @@ from lora_memory.cli import main
 from lora_memory.collection import Collection
 from lora_memory.corpus import count_lines, iter_jsonl
 from lora_memory.errors import DocumentNotFoundError, EmptyDocumentError, UnsupportedDocumentError
-from lora_memory.hypernet import DocToLoRA
 from lora_memory.memory import LoRAMemory
 from lora_memory.paths import HOME_ENV
-from memory_support import open_tiny_memory, save_models, tiny_hypernet
+from memory_support import count_encoded_chunks, open_tiny_memory, save_models, tiny_hypernet
 
 WORDS = "zebra volcano river tower copper market north glass orchard signal lantern harbour winter".split()
 
@@ -109,18 +108,6 @@ def test_commits_are_batched_and_an_error_keeps_every_finished_document(open_mem
     assert [d.doc_id for d in open_memory("interrupted").list()] == ["late-0", "late-1", "late-2"]
 
 
-def _encoded_chunks(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    original = DocToLoRA.adapters_for_chunks
-
-    def counting(self: DocToLoRA, base: Any, chunks: list, *args: Any, **kwargs: Any) -> Any:
-        calls.append(len(chunks))
-        return original(self, base, chunks, *args, **kwargs)
-
-    monkeypatch.setattr(DocToLoRA, "adapters_for_chunks", counting)
-    return calls
-
-
 KILLED_INGEST = """
 import sys, time, torch
 torch.set_num_threads(1)
@@ -161,7 +148,7 @@ def test_kill_9_of_a_bulk_ingest_loses_nothing_and_the_rerun_resumes(tmp_path, t
     after_kill = Collection(directory)
     assert set(committed) <= set(after_kill.documents) and after_kill.verify() == {}
     done = len(after_kill.documents)
-    calls = _encoded_chunks(monkeypatch)
+    calls = count_encoded_chunks(monkeypatch)
     memory = open_tiny_memory(tmp_path, "killed", tiny_llama, hypernet, cache_dir=cache)
     memory.add_documents(iter_jsonl(corpus))
     assert [d.doc_id for d in memory.list()] == [f"doc-{i:03d}" for i in range(40)]

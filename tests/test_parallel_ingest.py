@@ -25,10 +25,9 @@ import pytest
 from lora_memory.cli import main
 from lora_memory.config import MemoryConfig
 from lora_memory.errors import IngestWorkerError
-from lora_memory.hypernet import DocToLoRA
 from lora_memory.memory import LoRAMemory
 from lora_memory.paths import HOME_ENV
-from memory_support import open_tiny_memory, save_models, tiny_hypernet
+from memory_support import count_encoded_chunks, open_tiny_memory, save_models, tiny_hypernet
 
 WORDS = "zebra volcano river tower copper market north glass orchard signal lantern harbour winter".split()
 N_DOCS = 12
@@ -63,19 +62,6 @@ def _open(root: Path, name: str, model_dirs: tuple[Path, Path], **config: Any) -
         ingest_batch_size=2, **config))
 
 
-def _parent_encodes(monkeypatch) -> list[int]:
-    """Chunks encoded by the hypernetwork in this (the parent) process, one entry per call."""
-    calls: list[int] = []
-    original = DocToLoRA.adapters_for_chunks
-
-    def counting(self: DocToLoRA, base: Any, chunks: list, *args: Any, **kwargs: Any) -> Any:
-        calls.append(len(chunks))
-        return original(self, base, chunks, *args, **kwargs)
-
-    monkeypatch.setattr(DocToLoRA, "adapters_for_chunks", counting)
-    return calls
-
-
 def _file(data: bytes) -> tuple[dict[str, Any], bytes]:
     """A safetensors file as its parsed header and its tensor bytes.
 
@@ -97,7 +83,7 @@ def _stored(memory: LoRAMemory) -> dict[str, tuple[list[str], list[tuple[dict[st
 def test_two_workers_store_what_one_process_stores_and_the_parent_never_encodes(tmp_path, model_dirs, monkeypatch):
     serial = _open(tmp_path, "serial", model_dirs)
     assert serial.add_documents(_docs(N_DOCS)) == [f"doc-{i:02d}" for i in range(N_DOCS)]
-    calls = _parent_encodes(monkeypatch)
+    calls = count_encoded_chunks(monkeypatch)
     parallel = _open(tmp_path, "parallel", model_dirs)  # its own cache: the workers encode every chunk
 
     def failing() -> Iterator[tuple[str, str, dict[str, int]]]:
@@ -141,7 +127,7 @@ def test_a_killed_worker_stops_the_ingest_keeping_the_documents_before_it(tmp_pa
     kept = list(_stored(memory))
     assert 3 <= len(kept) <= 6 and kept == [f"doc-{i:02d}" for i in range(len(kept))]
     assert memory.collection.verify() == {}
-    calls = _parent_encodes(monkeypatch)
+    calls = count_encoded_chunks(monkeypatch)
     assert memory.add_documents(_docs(N_DOCS), workers=2) == [f"doc-{i:02d}" for i in range(N_DOCS)]
     assert calls == [] and memory.collection.verify() == {}
 
@@ -151,7 +137,7 @@ def test_cli_ingest_with_workers(tmp_path, monkeypatch, capsys, model_dirs, tiny
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"id": i, "text": t, "metadata": m}) + "\n" for t, i, m in _docs(5)))
     (tmp_path / "note.txt").write_text(_text(20))
-    calls = _parent_encodes(monkeypatch)
+    calls = count_encoded_chunks(monkeypatch)
     args = ["--base-model", str(model_dirs[0]), "--hypernet", str(model_dirs[1]), "--dtype", "fp32",
             "--device", "cpu"]
     assert main([*args, "ingest", str(corpus), str(tmp_path / "note.txt"), "-c", "wiki", "--workers", "2"]) == 0
