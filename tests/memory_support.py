@@ -5,6 +5,8 @@ A plain module (not a conftest) so a ``spawn``-ed worker process can import it.
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +87,49 @@ def count_encoded_chunks(monkeypatch: Any) -> list[int]:
 
     monkeypatch.setattr(DocToLoRA, "adapters_for_chunks", counting)
     return calls
+
+
+# ------------------------------------------------------------------ ingest tests on saved models (parallel, Ray)
+CORPUS_WORDS = "zebra volcano river tower copper market north glass orchard signal lantern harbour winter".split()
+
+
+def corpus_text(i: int) -> str:
+    """A document of 2-3 chunks of the tiny hypernetwork (32 tokens at most each), unique to ``i``."""
+    sentences = [" ".join(CORPUS_WORDS[(i * 5 + j * 3 + k) % len(CORPUS_WORDS)] for k in range(9)).capitalize()
+                 + f" {i}-{j}." for j in range(6 + i % 3)]
+    return " ".join(sentences)
+
+
+def corpus_docs(n: int, changed: int | None = None) -> list[tuple[str, str, dict[str, int]]]:
+    """``n`` ``(text, "doc-NN", {"n": i})`` triples for ``add_documents``; document ``changed`` has other text."""
+    return [(corpus_text(i) + (" Changed." if i == changed else ""), f"doc-{i:02d}", {"n": i}) for i in range(n)]
+
+
+def open_saved_memory(root: Path, name: str, model_dirs: tuple[Path, Path], **config: Any) -> Any:
+    """A collection on models loaded from disk (as workers and actors load them), its cache
+    ``root / f"cache-{name}"``; config fields as keywords."""
+    from lora_memory.config import MemoryConfig
+    from lora_memory.memory import LoRAMemory
+
+    config.setdefault("cache_dir", root / f"cache-{name}")
+    return LoRAMemory.open(name, directory=root / name, config=MemoryConfig(
+        base_model=str(model_dirs[0]), hypernet=str(model_dirs[1]), dtype="fp32", device="cpu",
+        ingest_batch_size=2, **config))
+
+
+def _file(data: bytes) -> tuple[dict[str, Any], bytes]:
+    """A safetensors file as its parsed header and its tensor bytes.
+
+    Not the file's bytes as they are: safetensors writes the header's metadata keys in an arbitrary order (its
+    Rust HashMap), which differs between two ingests of the same chunks even in one process.
+    """
+    (header_len,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + header_len]), data[8 + header_len:]
+
+
+def stored_chunk_files(memory: Any) -> dict[str, tuple[list[str], list[tuple[dict[str, Any], bytes]]]]:
+    """Each document's chunk keys and chunk files (header, tensor bytes), in the collection's order."""
+    memory.collection.refresh()
+    return {doc_id: ([c.key for c in record.chunks], [_file(memory.collection.chunk_path(c.key).read_bytes())
+                                                      for c in record.chunks])
+            for doc_id, record in memory.collection.documents.items()}

@@ -14,7 +14,14 @@ import torch
 
 from lora_memory.adapter import LoRAAdapter, LoRAWeights
 from lora_memory.cache import AdapterCache, BytesDisk
-from lora_memory.storage import CHUNK_TEXT_KEY, adapter_from_bytes, safetensors_metadata
+from lora_memory.errors import CorruptEntryError
+from lora_memory.storage import (
+    CHUNK_TEXT_KEY,
+    adapter_from_bytes,
+    adapter_to_bytes,
+    chunk_file_bytes,
+    safetensors_metadata,
+)
 
 DIM = 256
 ENTRY_BYTES = 66_336  # one _adapter() as stored: 4 modules x rank 8 x (256 + 256) fp32, plus header
@@ -68,6 +75,16 @@ def test_entry_is_the_chunk_file_with_its_checksum(cache):
     assert got == put and got.sha256 == hashlib.sha256(got.payload).hexdigest()
     assert safetensors_metadata(got.payload)[CHUNK_TEXT_KEY] == "the chunk's text"
     _assert_same(adapter_from_bytes(got.payload), _adapter(0))
+
+
+def test_chunk_file_bytes_made_elsewhere_are_stored_as_they_are_and_other_bytes_are_refused(cache):
+    payload = chunk_file_bytes(_adapter(0), "the chunk's text")  # e.g. encoded by a Ray actor on another machine
+    assert cache.put_payload("k", payload) == cache.get_entry("k") and cache.get_entry("k").payload == payload
+    adapter_only = adapter_to_bytes(_adapter(1))  # a stored adapter, but no chunk file: its text is missing
+    for bad in (b"not safetensors", adapter_only):
+        with pytest.raises(CorruptEntryError):
+            cache.put_payload("k", bad)
+    assert cache.get_entry("k").payload == payload  # the entry there is kept
 
 
 def test_bf16_adapters_keep_their_dtype(cache):

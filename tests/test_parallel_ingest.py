@@ -15,33 +15,27 @@ import json
 import multiprocessing
 import os
 import signal
-import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from lora_memory.cli import main
-from lora_memory.config import MemoryConfig
 from lora_memory.errors import IngestWorkerError
 from lora_memory.memory import LoRAMemory
 from lora_memory.paths import HOME_ENV
-from memory_support import count_encoded_chunks, open_tiny_memory, save_models, tiny_hypernet
+from memory_support import (
+    corpus_docs,
+    corpus_text,
+    count_encoded_chunks,
+    open_saved_memory,
+    open_tiny_memory,
+    save_models,
+    stored_chunk_files,
+    tiny_hypernet,
+)
 
-WORDS = "zebra volcano river tower copper market north glass orchard signal lantern harbour winter".split()
 N_DOCS = 12
-
-
-def _text(i: int) -> str:
-    """A document of 2-3 chunks of the tiny hypernetwork (32 tokens at most each), unique to ``i``."""
-    sentences = [" ".join(WORDS[(i * 5 + j * 3 + k) % len(WORDS)] for k in range(9)).capitalize() + f" {i}-{j}."
-                 for j in range(6 + i % 3)]
-    return " ".join(sentences)
-
-
-def _docs(n: int, changed: int | None = None) -> list[tuple[str, str, dict[str, int]]]:
-    return [(_text(i) + (" Changed." if i == changed else ""), f"doc-{i:02d}", {"n": i}) for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -54,89 +48,63 @@ def model_dirs(tmp_path_factory, tiny_llama, hypernet) -> tuple[Path, Path]:
     return save_models(tiny_llama, hypernet, tmp_path_factory.mktemp("models"))
 
 
-def _open(root: Path, name: str, model_dirs: tuple[Path, Path], **config: Any) -> LoRAMemory:
-    """A collection on models loaded from disk (as workers load them), its cache ``root / f"cache-{name}"``."""
-    config.setdefault("cache_dir", root / f"cache-{name}")
-    return LoRAMemory.open(name, directory=root / name, config=MemoryConfig(
-        base_model=str(model_dirs[0]), hypernet=str(model_dirs[1]), dtype="fp32", device="cpu",
-        ingest_batch_size=2, **config))
-
-
-def _file(data: bytes) -> tuple[dict[str, Any], bytes]:
-    """A safetensors file as its parsed header and its tensor bytes.
-
-    Not the file's bytes as they are: safetensors writes the header's metadata keys in an arbitrary order (its
-    Rust HashMap), which differs between two ingests of the same chunks even in one process.
-    """
-    (header_len,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + header_len]), data[8 + header_len:]
-
-
-def _stored(memory: LoRAMemory) -> dict[str, tuple[list[str], list[tuple[dict[str, Any], bytes]]]]:
-    """Each document's chunk keys and chunk files (header, tensor bytes), in the collection's order."""
-    memory.collection.refresh()
-    return {doc_id: ([c.key for c in record.chunks], [_file(memory.collection.chunk_path(c.key).read_bytes())
-                                                      for c in record.chunks])
-            for doc_id, record in memory.collection.documents.items()}
-
-
 def test_two_workers_store_what_one_process_stores_and_the_parent_never_encodes(tmp_path, model_dirs, monkeypatch):
-    serial = _open(tmp_path, "serial", model_dirs)
-    assert serial.add_documents(_docs(N_DOCS)) == [f"doc-{i:02d}" for i in range(N_DOCS)]
+    serial = open_saved_memory(tmp_path, "serial", model_dirs)
+    assert serial.add_documents(corpus_docs(N_DOCS)) == [f"doc-{i:02d}" for i in range(N_DOCS)]
     calls = count_encoded_chunks(monkeypatch)
-    parallel = _open(tmp_path, "parallel", model_dirs)  # its own cache: the workers encode every chunk
+    parallel = open_saved_memory(tmp_path, "parallel", model_dirs)  # its own cache: the workers encode every chunk
 
     def failing() -> Iterator[tuple[str, str, dict[str, int]]]:
-        yield from _docs(8, changed=3)
+        yield from corpus_docs(8, changed=3)
         raise ValueError("the corpus ends badly")
 
     with pytest.raises(ValueError, match="ends badly"):  # raised once the 8 read ahead of it were stored
         parallel.add_documents(failing(), workers=2)
     assert len(parallel) == 8
-    assert parallel.add_documents(_docs(N_DOCS), workers=2) == [f"doc-{i:02d}" for i in range(N_DOCS)]
+    assert parallel.add_documents(corpus_docs(N_DOCS), workers=2) == [f"doc-{i:02d}" for i in range(N_DOCS)]
     assert calls == []  # every adapter came from the workers, through the cache
-    expected = _stored(serial)
+    expected = stored_chunk_files(serial)
     assert sum(len(keys) for keys, _ in expected.values()) >= 2 * N_DOCS  # several chunks and batches per document
-    assert _stored(parallel) == expected  # same chunk keys, same headers, byte-identical tensors, same order
+    assert stored_chunk_files(parallel) == expected  # same chunk keys, same headers, byte-identical tensors, same order
     assert parallel.collection.verify() == {} and parallel.get("doc-05").metadata == {"n": 5}
 
 
 def test_models_passed_as_objects_cannot_go_to_workers(tmp_path, tiny_llama, hypernet):
     memory = open_tiny_memory(tmp_path, "objects", tiny_llama, hypernet)
     with pytest.raises(ValueError, match="open the memory from a MemoryConfig naming them .* or use workers=1"):
-        memory.add_documents(_docs(2), workers=2)
+        memory.add_documents(corpus_docs(2), workers=2)
     with pytest.raises(ValueError, match="workers must be at least 1"):
-        memory.add(_text(0), workers=0)
+        memory.add(corpus_text(0), workers=0)
     assert len(memory) == 0
-    assert memory.add(_text(0), doc_id="one", workers=1) == ["one"]  # in-process, as before
+    assert memory.add(corpus_text(0), doc_id="one", workers=1) == ["one"]  # in-process, as before
 
 
 @pytest.mark.slow  # two pools of worker processes: ~25 s on a shared 2-core machine
 def test_a_killed_worker_stops_the_ingest_keeping_the_documents_before_it(tmp_path, model_dirs, monkeypatch):
     def killing() -> Iterator[tuple[str, str, dict[str, int]]]:
-        for i, doc in enumerate(_docs(N_DOCS)):
+        for i, doc in enumerate(corpus_docs(N_DOCS)):
             if i == 6:  # read ahead (4 in flight) once documents 0-2 were stored; 3-5 may be encoded already
                 for child in multiprocessing.active_children():
                     assert child.pid is not None
                     os.kill(child.pid, signal.SIGKILL)
             yield doc
 
-    memory = _open(tmp_path, "killed", model_dirs)
+    memory = open_saved_memory(tmp_path, "killed", model_dirs)
     with pytest.raises(IngestWorkerError, match="a worker process died .* Re-run the ingest"):
         memory.add_documents(killing(), workers=2)
-    kept = list(_stored(memory))
+    kept = list(stored_chunk_files(memory))
     assert 3 <= len(kept) <= 6 and kept == [f"doc-{i:02d}" for i in range(len(kept))]
     assert memory.collection.verify() == {}
     calls = count_encoded_chunks(monkeypatch)
-    assert memory.add_documents(_docs(N_DOCS), workers=2) == [f"doc-{i:02d}" for i in range(N_DOCS)]
+    assert memory.add_documents(corpus_docs(N_DOCS), workers=2) == [f"doc-{i:02d}" for i in range(N_DOCS)]
     assert calls == [] and memory.collection.verify() == {}
 
 
 def test_cli_ingest_with_workers(tmp_path, monkeypatch, capsys, model_dirs, tiny_llama, hypernet):
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("".join(json.dumps({"id": i, "text": t, "metadata": m}) + "\n" for t, i, m in _docs(5)))
-    (tmp_path / "note.txt").write_text(_text(20))
+    corpus.write_text("".join(json.dumps({"id": i, "text": t, "metadata": m}) + "\n" for t, i, m in corpus_docs(5)))
+    (tmp_path / "note.txt").write_text(corpus_text(20))
     calls = count_encoded_chunks(monkeypatch)
     args = ["--base-model", str(model_dirs[0]), "--hypernet", str(model_dirs[1]), "--dtype", "fp32",
             "--device", "cpu"]

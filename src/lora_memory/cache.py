@@ -157,7 +157,19 @@ class AdapterCache:
             ValueError: the adapter is batched.
             diskcache.Timeout: the cache stayed locked by another process for ``SQLITE_TIMEOUT_S``.
         """
-        payload = chunk_file_bytes(adapter, text)
+        return self.put_payload(key, chunk_file_bytes(adapter, text))
+
+    def put_payload(self, key: str, payload: bytes) -> CacheEntry:
+        """Store a chunk file's bytes (as :func:`lora_memory.storage.chunk_file_bytes` makes them, here or in another
+        process or machine) under ``key``, replacing any entry; may evict old entries.
+
+        Returns the stored entry, ready to be written into a collection.
+
+        Raises:
+            CorruptEntryError: ``payload`` does not start with a chunk file's header (nothing is stored).
+            diskcache.Timeout: the cache stayed locked by another process for ``SQLITE_TIMEOUT_S``.
+        """
+        check_chunk_file_header(payload)
         digest = hashlib.sha256(payload)
         self._cache.set(key, digest.digest() + payload, retry=True)
         return CacheEntry(payload, digest.hexdigest())

@@ -11,7 +11,8 @@ manifest: the caller commits the returned record, which makes the document
 appear all at once. An interrupted ingest leaves its encoded chunks in the
 shared cache, so running it again resumes where it stopped. The step "chunks -> adapters in the
 shared cache" (:func:`encode_into_cache`) is also what parallel-ingest workers run
-(:mod:`lora_memory.parallel`).
+(:mod:`lora_memory.parallel`); Ray actors run "chunks -> chunk files' bytes" (:func:`encode_chunks`)
+and send those to the writer (:mod:`lora_memory.ray_ingest`).
 
 Progress: a bar on stderr from the first moment (in characters) when asked for and
 stderr is a terminal; otherwise progress is logged (INFO, ``lora_memory.ingest``) at the
@@ -37,6 +38,7 @@ from .collection import SNIPPET_CHARS, ChunkRecord, Collection, DocumentRecord
 from .errors import EmptyDocumentError
 from .hypernet import DocToLoRA
 from .loaders import LoadedDocument
+from .storage import chunk_file_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +109,20 @@ def encode_into_cache(chunks: Mapping[str, Chunk], base: LoadedModel, hypernet: 
         diskcache.Timeout: the cache stayed locked by another process (see :class:`AdapterCache`).
     """
     entries = {k: cache.get_entry(k) for k in chunks}
-    missing = [k for k, e in entries.items() if e is None]
+    missing = {k: chunks[k] for k, e in entries.items() if e is None}
     if missing:
-        encoded = hypernet.adapters_for_chunks(base, [chunks[k] for k in missing], batch_size=len(missing))
-        for k, adapter in zip(missing, encoded):
-            entries[k] = cache.put(k, _plain(adapter, base, hypernet), chunks[k].text)
+        for k, payload in encode_chunks(missing, base, hypernet).items():
+            entries[k] = cache.put_payload(k, payload)
     return {k: e for k, e in entries.items() if e is not None}  # every entry is filled by now
+
+
+def encode_chunks(chunks: Mapping[str, Chunk], base: LoadedModel, hypernet: DocToLoRA) -> dict[str, bytes]:
+    """The chunk files' bytes of ``chunks`` (cache key -> chunk, at least one), encoded in one hypernetwork pass:
+    what the cache stores for them (:meth:`AdapterCache.put_payload`), wherever they were encoded.
+    """
+    encoded = hypernet.adapters_for_chunks(base, list(chunks.values()), batch_size=len(chunks))
+    return {k: chunk_file_bytes(_plain(adapter, base, hypernet), chunk.text)
+            for (k, chunk), adapter in zip(chunks.items(), encoded)}
 
 
 class _ProgressLog:

@@ -127,12 +127,28 @@ def _wait(encoding: Future[None], doc: LoadedDocument) -> None:
 
 
 # ------------------------------------------------------------------ in a worker process
+def load_worker_models(spec: WorkerSpec) -> tuple[LoadedModel, DocToLoRA]:
+    """The models ``spec`` names, loaded in this worker (a process here, a Ray actor in :mod:`lora_memory.ray_ingest`)
+    with ``spec.threads`` torch threads, checked to be the memory's own.
+
+    Raises:
+        IngestWorkerError: the models loaded have other fingerprints than the memory's.
+        ModelNotFoundError: a model cannot be found where the config names it.
+    """
+    torch.set_num_threads(spec.threads)
+    base, hypernet = load_models(spec.config)
+    if (base.fingerprint, hypernet.fingerprint) != (spec.base_fingerprint, spec.hypernet_fingerprint):
+        raise IngestWorkerError(
+            f"a worker loaded other models from {spec.config.base_model!r} and {spec.config.hypernet!r} than the "
+            "memory runs on (their files changed since it was opened?): its adapters would not be the memory's")
+    return base, hypernet
+
+
 _spec: WorkerSpec | None = None  # set by _start_worker in each worker process
 
 
 def _start_worker(spec: WorkerSpec) -> None:
     global _spec
-    torch.set_num_threads(spec.threads)
     _spec = spec
 
 
@@ -144,11 +160,7 @@ def _models() -> tuple[WorkerSpec, LoadedModel, DocToLoRA, AdapterCache]:
     spec = _spec
     if spec is None:
         raise RuntimeError("_encode_document runs only in a worker started by encoded_in_workers")
-    base, hypernet = load_models(spec.config)
-    if (base.fingerprint, hypernet.fingerprint) != (spec.base_fingerprint, spec.hypernet_fingerprint):
-        raise IngestWorkerError(
-            f"a worker loaded other models from {spec.config.base_model!r} and {spec.config.hypernet!r} than the "
-            "memory runs on (their files changed since it was opened?): its adapters would not be the memory's")
+    base, hypernet = load_worker_models(spec)
     return spec, base, hypernet, AdapterCache(spec.config.cache_dir, spec.config.cache_size_limit_bytes)
 
 
