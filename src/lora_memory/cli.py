@@ -17,6 +17,7 @@ home's ``collections/``); a collection elsewhere is opened only through an expli
 Example:
     $ lora-memory ingest notes/ -c work --glob '**/*.md'
     $ lora-memory ingest corpus.jsonl -c wiki --workers 4
+    $ lora-memory ingest corpus.jsonl -c wiki --ray auto --workers 16 --gpus-per-actor 1
     $ lora-memory ask "When is the launch?" -c work --json
     $ lora-memory check -c work --repair
     $ lora-memory cache prune
@@ -44,6 +45,7 @@ from .generation import GenerationConfig
 from .memory import DEFAULT_COLLECTION, LoRAMemory
 from .parallel import DEFAULT_WORKER_THREADS
 from .paths import HOME_ENV, collection_dir, collections_dir
+from .ray_ingest import RayOptions
 from .serve_command import add_serve_arguments, run_serve
 from .training.cli import add_eval_arguments, add_train_arguments, run_eval, run_train
 
@@ -102,8 +104,13 @@ def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--glob", default="**/*", help="files to read inside directories (default: **/*)")
     parser.add_argument("--id", dest="doc_id", help="document id (only with a single file)")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="encode in N worker processes, each with --threads torch threads (default 1); "
-                             "this process writes and commits (default: 1, encode here)")
+                        help="encode in N worker processes (with --ray: N Ray actors), each with --threads torch "
+                             "threads (default 1); this process writes and commits (default: 1, encode here)")
+    parser.add_argument("--ray", metavar="ADDRESS", help="encode on Ray: 'local' starts a Ray on this machine (its "
+                        "CPUs), any other address is passed to ray.init (e.g. auto, ray://head:10001); "
+                        "needs pip install \"lora-memory[ray]\"")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="G",
+                        help="with --ray: GPUs each actor reserves (default: 0)")
 
 
 def ingest(args: argparse.Namespace) -> int:
@@ -111,8 +118,11 @@ def ingest(args: argparse.Namespace) -> int:
 
     A ``.jsonl`` file given by name is a corpus, one document per line (:mod:`lora_memory.corpus`).
     """
+    if args.gpus_per_actor and not args.ray:
+        raise ValueError("--gpus-per-actor needs --ray")
     memory = open_memory(args)
-    parallel = {"workers": args.workers, "worker_threads": args.threads or DEFAULT_WORKER_THREADS}
+    ray = RayOptions(address=args.ray, num_gpus_per_actor=args.gpus_per_actor) if args.ray else None
+    parallel = {"workers": args.workers, "worker_threads": args.threads or DEFAULT_WORKER_THREADS, "ray": ray}
     corpora = [p for p in args.paths if p.suffix == JSONL_SUFFIX and p.is_file()]
     if corpora and args.doc_id:
         raise ValueError("--id names one document; a .jsonl corpus holds many")

@@ -51,6 +51,7 @@ from .loaders import Source as DocumentSource
 from .loading import load_models
 from .parallel import DEFAULT_WORKER_THREADS, WorkerSpec, encoded_in_workers
 from .paths import collection_dir
+from .ray_ingest import RayOptions, encoded_on_ray
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class LoRAMemory:
     # ----------------------------------------------------------- documents
     def add(self, source: DocumentSource, *, doc_id: str | None = None, metadata: Mapping[str, Any] | None = None,
             glob: str = "**/*", progress: bool = True, workers: int = 1,
-            worker_threads: int = DEFAULT_WORKER_THREADS) -> list[str]:
+            worker_threads: int = DEFAULT_WORKER_THREADS, ray: RayOptions | None = None) -> list[str]:
         """Internalize documents; returns their ids.
 
         Each document is stored all-or-nothing; documents added before an error stay.
@@ -166,10 +167,12 @@ class LoRAMemory:
             progress: show a progress bar on stderr (when it is a terminal).
             workers: encode in this many worker processes (see :meth:`add_documents`); 1 encodes in this one.
             worker_threads: torch threads of each worker process.
+            ray: encode on Ray, in ``workers`` actors (see :meth:`add_documents`).
 
         Raises:
-            ValueError: ``workers`` > 1 but the models were passed to :meth:`open` as objects, or ``workers`` < 1.
-            IngestWorkerError: a worker process died (the documents before the one it held stay).
+            ValueError: ``workers`` > 1 or ``ray`` but the models were passed to :meth:`open` as objects, or
+                ``workers`` < 1.
+            IngestWorkerError: a worker process died, or a Ray actor failed (the documents before stay).
             DocumentNotFoundError, EmptyDocumentError, UnsupportedDocumentError: bad input
                 (see :func:`lora_memory.loaders.load_documents`).
             DuplicateDocumentError: two documents of ``source`` share an id (nothing is added),
@@ -179,11 +182,11 @@ class LoRAMemory:
         """
         docs = load_documents(source, doc_id=doc_id, metadata=metadata, glob=glob)
         return self._ingest(docs, progress, replace_any_source=doc_id is not None, workers=workers,
-                            worker_threads=worker_threads)
+                            worker_threads=worker_threads, ray=ray)
 
     def add_documents(self, docs: Iterable[tuple[str, str | None, Mapping[str, Any] | None]], *,
                       progress: bool = False, total: int | None = None, workers: int = 1,
-                      worker_threads: int = DEFAULT_WORKER_THREADS) -> list[str]:
+                      worker_threads: int = DEFAULT_WORKER_THREADS, ray: RayOptions | None = None) -> list[str]:
         """Internalize ``(text, doc_id or None, metadata or None)`` triples; returns their ids.
 
         The bulk path: ``docs`` is consumed lazily (a generator over a corpus never sits in memory), finished
@@ -198,10 +201,17 @@ class LoRAMemory:
         (:mod:`lora_memory.parallel`). The collection ends up the same as with ``workers=1``. The workers are
         ``spawn``-ed: a script calling this with ``workers`` > 1 needs the ``if __name__ == "__main__":`` guard.
 
+        With ``ray`` (:class:`~lora_memory.ray_ingest.RayOptions`: the cluster's address, GPUs per actor), the
+        encoding runs on a Ray cluster instead, in ``workers`` Ray Data actors of ``worker_threads`` CPUs each, which
+        send the chunks' adapters back to this process's cache; this process stores and commits as above
+        (:mod:`lora_memory.ray_ingest`, which says what it holds in memory). Needs ``pip install "lora-memory[ray]"``.
+
         Raises:
-            ValueError: ``workers`` > 1 but the models were passed to :meth:`open` as objects (worker processes
-                load them from the config's paths), or ``workers`` < 1.
-            IngestWorkerError: a worker process died (the documents before the one it held stay).
+            ValueError: ``workers`` > 1 or ``ray`` but the models were passed to :meth:`open` as objects (worker
+                processes and actors load them from the config's paths), or ``workers`` < 1.
+            IngestWorkerError: a worker process died, or a Ray actor failed (the documents before the one it held
+                stay).
+            LoRAMemoryError: ``ray`` is given but Ray is not installed.
             EmptyDocumentError: a text is empty.
             DuplicateDocumentError: two documents have the same id.
             InvalidNameError: an id is not a valid document id.
@@ -210,7 +220,7 @@ class LoRAMemory:
                                  dict(metadata or {}))
                   for text, doc_id, metadata in docs)
         return self._ingest(loaded, progress, replace_any_source=True, bulk=True, total=total, workers=workers,
-                            worker_threads=worker_threads)
+                            worker_threads=worker_threads, ray=ray)
 
     def update(self, doc_id: str, source: DocumentSource, metadata: Mapping[str, Any] | None = None) -> str:
         """Replace an existing document's content (and metadata, when given; else it is kept).
@@ -261,14 +271,15 @@ class LoRAMemory:
 
     def _ingest(self, docs: Iterable[LoadedDocument], progress: bool, replace_any_source: bool,
                 bulk: bool = False, total: int | None = None, workers: int = 1,
-                worker_threads: int = DEFAULT_WORKER_THREADS) -> builtins.list[str]:
+                worker_threads: int = DEFAULT_WORKER_THREADS, ray: RayOptions | None = None) -> builtins.list[str]:
         """Store ``docs`` under one writer lock, committing the finished ones every ``commit_interval_s`` seconds,
         at the end, and before an error propagates (so every document finished before it stays).
 
         A ``bulk`` ingest shows its progress for the whole call (``total`` documents, if known), not per document.
-        With ``workers`` > 1, worker processes put the documents' adapters into the cache first.
+        With ``workers`` > 1 (or ``ray``), worker processes (or Ray actors) put the documents' adapters into the
+        cache first.
         """
-        ahead = self._encoded_ahead(docs, workers, worker_threads)
+        ahead = self._encoded_ahead(docs, workers, worker_threads, ray)
         ids: set[str] = set()
         order: list[str] = []
         pending: list[DocumentRecord] = []
@@ -293,22 +304,23 @@ class LoRAMemory:
                     self._commit(pending)
         return order
 
-    def _encoded_ahead(self, docs: Iterable[LoadedDocument], workers: int,
-                       threads: int) -> AbstractContextManager[Iterable[LoadedDocument]]:
-        """``docs`` as they are (``workers`` 1), or coming out of ``workers`` processes that encode them into the cache.
+    def _encoded_ahead(self, docs: Iterable[LoadedDocument], workers: int, threads: int,
+                       ray: RayOptions | None) -> AbstractContextManager[Iterable[LoadedDocument]]:
+        """``docs`` as they are (``workers`` 1, no ``ray``), or coming out of ``workers`` processes (or Ray actors)
+        that encode them into the cache.
 
         Raises:
-            ValueError: ``workers`` < 1, or > 1 while the models were not loaded from the config.
+            ValueError: ``workers`` < 1, or > 1 (or ``ray``) while the models were not loaded from the config.
         """
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        if workers == 1:
+        if workers == 1 and ray is None:
             return nullcontext(docs)
         if not self._models_from_config:
             raise ValueError(
-                f"workers={workers} needs models that worker processes can load: open the memory from a "
-                "MemoryConfig naming them (base_model=, hypernet= paths) instead of passing base=/hypernet= "
-                "objects to LoRAMemory.open, or use workers=1")
+                f"{'ray' if ray is not None else f'workers={workers}'} needs models that worker processes can load: "
+                "open the memory from a MemoryConfig naming them (base_model=, hypernet= paths) instead of passing "
+                "base=/hypernet= objects to LoRAMemory.open, or use workers=1" + (" without ray" if ray else ""))
         spec = WorkerSpec(self.config.with_overrides(cache_dir=self.cache.directory), self._chunk_tokens,
                           self.base.fingerprint, self.hypernet.fingerprint, threads)
 
@@ -316,6 +328,8 @@ class LoRAMemory:
             old = self.collection.documents.get(doc.doc_id)
             return old is None or not self._same_content(old, doc)
 
+        if ray is not None:
+            return encoded_on_ray(docs, spec, workers, ray, self.cache, needs_encoding)
         return encoded_in_workers(docs, spec, workers, needs_encoding)
 
     @property
