@@ -191,7 +191,7 @@ def run(ctx: Context, img: Path) -> Section:
                     f"{tokens / ingest_s:,.0f}"],
                    ["2 worker processes, 1 thread each (`workers=2`)", f"{two_s / 60:.1f} min",
                     f"{tokens / two_s:,.0f}"],
-                   ["local Ray (`ray=RayOptions()`)", "not timed here", "n/a"]]),
+                   ["local Ray (`ray=RayOptions()`)", "not timed here", "-"]]),
         "",
         *md_table(["disk", "bytes", "bytes per corpus token"],
                   [[name, f"{value:,}", f"{value / tokens:,.1f}"] for name, value in disk.items()]),

@@ -355,16 +355,16 @@ def test_interrupted_ingest_leaves_collection_unchanged_and_resumes(open_memory,
     memory.add(ZEBRA, doc_id="zebra")
     manifest = memory.collection.manifest_path
     saved, adapter = manifest.read_bytes(), memory.adapter()
-    put = memory.cache.put
+    put = memory.cache.put_payload
     stored = []
 
-    def put_then_crash(key, adapter, text):
+    def put_then_crash(key, payload):
         if stored:
             raise KeyboardInterrupt
         stored.append(key)
-        return put(key, adapter, text)
+        return put(key, payload)
 
-    monkeypatch.setattr(memory.cache, "put", put_then_crash)
+    monkeypatch.setattr(memory.cache, "put_payload", put_then_crash)
     encoded.clear()
     with pytest.raises(KeyboardInterrupt):
         memory.add(FACTS, doc_id="facts")
@@ -373,7 +373,7 @@ def test_interrupted_ingest_leaves_collection_unchanged_and_resumes(open_memory,
     again = open_memory(ingest_batch_size=1)
     assert [d.doc_id for d in again.list()] == ["zebra"]
     _assert_same_adapter(again.adapter(), adapter)
-    monkeypatch.setattr(memory.cache, "put", put)
+    monkeypatch.setattr(memory.cache, "put_payload", put)
     encoded.clear()
     again.add(FACTS, doc_id="facts")
     n = again.get("facts").n_chunks

@@ -539,8 +539,9 @@ class LoRAMemory:
 
     # ------------------------------------------------------------- housekeeping
     def close(self) -> None:
-        """Release the cache's database connection and the composed adapters."""
+        """Release the cache's and the routing index's database connections and the composed adapters."""
         self.cache.close()
+        self.collection.routing.close()
         self._composer.clear()
 
     def __enter__(self) -> LoRAMemory:

@@ -14,8 +14,8 @@ read: a row left by a killed writer is invisible and swept by the next one. Chun
 the index lacks (a collection made before the index existed, a deleted index file)
 are added on first use, from their files.
 
-Readers and writers in several processes share the file (SQLite WAL mode, a busy
-timeout). Opening a collection reads no chunk file; a query reads the postings of
+Readers and writers in several processes share the file (SQLite's rollback journal,
+so the file is whole after every commit and no side file outlives it; a busy timeout). Opening a collection reads no chunk file; a query reads the postings of
 its words only (:class:`StoredRanker`).
 """
 
@@ -60,7 +60,6 @@ class RoutingIndex:
             return self._conn
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
             version = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
             if version is None:
