@@ -307,17 +307,12 @@ class Collection:
         if not keys:
             return BM25Index([]), bad
         try:
-            for _ in range(2):  # a second pass only if the index file was found unusable and recreated meanwhile
-                try:
-                    self.routing.ensure(keys, self.read_chunk_text)
-                except (OSError, CorruptEntryError):
-                    bad.update(self._unreadable_texts(keys))
-                    keys = [k for k in keys if k not in bad]
-                try:
-                    return self.routing.ranker(keys), bad
-                except KeyError:
-                    continue
-            return self.routing.ranker(keys), bad
+            self.routing.ensure(keys, self.read_chunk_text, unreadable=bad)
+            try:
+                return self.routing.ranker([k for k in keys if k not in bad]), bad
+            except KeyError:  # the index file was found unusable and recreated meanwhile: index once more
+                self.routing.ensure(keys, self.read_chunk_text, unreadable=bad)
+                return self.routing.ranker([k for k in keys if k not in bad]), bad
         except sqlite3.OperationalError as exc:
             logger.warning("collection %r: routing index %s unavailable (%s); ranking in memory", self.name,
                            self.routing.path, exc)
@@ -328,16 +323,6 @@ class Collection:
                 except (OSError, CorruptEntryError) as err:
                     bad[key] = str(err)
             return BM25Index([texts[k] for k in keys if k in texts]), bad
-
-    def _unreadable_texts(self, keys: list[str]) -> dict[str, str]:
-        """Key -> reason for the chunks whose text cannot be indexed; the others are indexed."""
-        bad = {}
-        for key in keys:
-            try:
-                self.routing.ensure([key], self.read_chunk_text)
-            except (OSError, CorruptEntryError) as exc:
-                bad[key] = str(exc)
-        return bad
 
     def check_models(self, base_name: str, base_fingerprint: str, hypernet_fingerprint: str) -> None:
         """Raise unless the collection is empty or was built with these models.

@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from .errors import CorruptEntryError
 from .routing import Ranker, tokenize
 
 logger = logging.getLogger(__name__)
@@ -99,18 +100,27 @@ class RoutingIndex:
             self._conn = None
 
     # ---------------------------------------------------------------- writing
-    def ensure(self, keys: Iterable[str], text_of: Callable[[str], str]) -> None:
+    def ensure(self, keys: Iterable[str], text_of: Callable[[str], str],
+               unreadable: dict[str, str] | None = None) -> None:
         """Add the chunks of ``keys`` the index lacks, reading each one's text with ``text_of(key)``.
 
-        Raises whatever ``text_of`` raises (nothing is added then).
+        Without ``unreadable``, whatever ``text_of`` raises is raised (nothing is added then). With it, a chunk
+        whose ``text_of`` raises ``OSError`` or ``CorruptEntryError`` is recorded there (key -> reason) and left
+        out, and the others are added.
         """
         wanted = list(dict.fromkeys(keys))
 
         def work(conn: sqlite3.Connection) -> None:
-            missing = _missing(conn, wanted)
-            if not missing:
+            rows = []
+            for key in _missing(conn, wanted):
+                try:
+                    rows.append((key, Counter(tokenize(text_of(key)))))
+                except (OSError, CorruptEntryError) as exc:
+                    if unreadable is None:
+                        raise
+                    unreadable[key] = str(exc)
+            if not rows:
                 return
-            rows = [(key, Counter(tokenize(text_of(key)))) for key in missing]
             with _transaction(conn):
                 for key, counts in rows:
                     cur = conn.execute("INSERT OR IGNORE INTO chunks (key, length) VALUES (?, ?)",
