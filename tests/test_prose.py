@@ -25,11 +25,13 @@ from lora_memory.training.d2l.batching import chunk_examples, qa_batch
 from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
 from lora_memory.training.d2l.prose import (
     BLANK,
+    _fit,
     article_questions,
     corpus_path,
     load_articles,
     prose_example,
     split_of_title,
+    written_part,
     written_questions,
 )
 from lora_memory.training.d2l.trainer import Trainer
@@ -87,19 +89,26 @@ def test_prose_examples_never_mix_splits_and_keep_questions_are_about_other_arti
 
 
 def test_written_questions_cover_training_articles_only_with_answers_from_their_text():
-    written = written_questions()
+    written, valid = written_questions("train"), written_questions("valid")
     by_title = {a.title: a for a in load_articles("train")}
-    assert len(written) == 500 and set(written) <= set(by_title)  # never a held-out title
-    for title, facts in written.items():
-        assert 2 <= len(facts) <= 3
+    assert len(written) >= 400 and set(written) | set(valid) <= set(by_title)  # never a held-out title
+    assert not set(written) & set(valid) and 0.05 < len(valid) / (len(written) + len(valid)) < 0.15
+    assert all(written_part(t) == "valid" for t in valid) and all(written_part(t) == "train" for t in written)
+    for title, facts in {**written, **valid}.items():
+        assert 1 <= len(facts) <= 3
         for wordings in facts:
             assert len({q.question for q in wordings}) == 2 and len({q.answer for q in wordings}) == 1
             assert wordings[0].answer.casefold() in by_title[title].text.casefold()
     ex = prose_example(random.Random(3), "train", source="written", questions=2)
     facts = written[ex.info["title"]]
     assert len(ex.qa) == 2 and all(any(q in wordings for wordings in facts) for q in ex.qa)
-    held = prose_example(random.Random(3), "heldout", source="written")  # no written questions: rule-made ones
-    assert split_of_title(held.info["title"]) == "heldout" and held.info["title"] not in written
+    for seed in range(5):  # the held-out monitor: an article of the validation part, distractors held out
+        held = prose_example(random.Random(seed), "heldout", source="written", chunks=(3, 3), p_single=0.0)
+        assert held.info["title"] in valid and held.info["title"] not in written
+        assert all(any(q in wordings for wordings in valid[held.info["title"]]) for q in held.qa)
+        others = [p for p in held.info["parts"] if p != _fit(by_title[held.info["title"]].text, 160)]
+        held_texts = {_fit(a.text, 160) for a in load_articles("heldout")}
+        assert len(others) == 2 and all(p in held_texts for p in others)
 
 
 def test_parts_are_chunked_separately(tokenizer):

@@ -9,9 +9,11 @@ is never trained on, not even as a distractor chunk.
 
 Questions come from one of two sources (``prose_example(source=...)``):
 
-- ``written``: ``prose_written_qa.json``, questions written from 500 training-split
+- ``written``: ``prose_written_qa.json``, questions written from training-split
   articles' text by language-model helpers (3 facts per article, two differently
   worded questions per fact, the answer verbatim in the text), as a user would ask;
+  a tenth of those articles (:func:`written_part`) is a validation part that
+  training never sees and the trainer's held-out monitor asks about;
 - ``rules``: questions made from the text by rules (no large model runs here).
 
 Rule-made answers are spans of the article or its Wikidata description, and each
@@ -257,9 +259,20 @@ def _pick_questions(rng: random.Random, made: dict[str, QA], n: int) -> list[QA]
     return [made[k] for k in chosen]
 
 
-@lru_cache(maxsize=1)
-def written_questions() -> dict[str, tuple[tuple[QA, ...], ...]]:
-    """Title -> facts, each fact its questions (two wordings) with the first accepted answer; training split only.
+WrittenPart = Literal["train", "valid"]
+
+
+def written_part(title: str) -> WrittenPart:
+    """Which part of the written questions an article belongs to: ``valid`` (sha256(title) % 10 == 1, about a tenth;
+    never trained on, the trainer's held-out monitor reads them) or ``train``.
+    """
+    return "valid" if int(hashlib.sha256(title.encode()).hexdigest(), 16) % 10 == 1 else "train"
+
+
+@lru_cache(maxsize=2)
+def written_questions(part: WrittenPart = "train") -> dict[str, tuple[tuple[QA, ...], ...]]:
+    """Title -> facts, each fact its questions (two wordings) with the first accepted answer, for the articles of
+    ``part`` (:func:`written_part`); training split only.
 
     Raises:
         ValueError: the file names a held-out title (it must never be trained on).
@@ -269,22 +282,25 @@ def written_questions() -> dict[str, tuple[tuple[QA, ...], ...]]:
     for item in raw:
         if split_of_title(item["title"]) != "train":
             raise ValueError(f"{WRITTEN_QA_FILE.name}: {item['title']!r} is a held-out title")
-        out[item["title"]] = tuple(tuple(QA(q, fact["answers"][0]) for q in fact["questions"])
-                                   for fact in item["facts"])
+        if written_part(item["title"]) == part:
+            out[item["title"]] = tuple(tuple(QA(q, fact["answers"][0]) for q in fact["questions"])
+                                       for fact in item["facts"])
     return out
 
 
-def _article_and_questions(rng: random.Random, pool: tuple[Article, ...], source: Source,
-                           n: int) -> tuple[Article, list[QA]]:
-    """A random article of ``pool`` with ``n`` questions of ``source`` about different facts (rule-made ones when
-    no article of ``pool`` has written questions).
+def _article_and_questions(rng: random.Random, split: Split, source: Source, n: int) -> tuple[Article, list[QA]]:
+    """A random article with ``n`` questions of ``source`` about different facts. Written questions: a training
+    article of the ``train`` part, or for the ``heldout`` split (the trainer's monitor) one of the ``valid`` part,
+    which training never sees. Rule-made questions: an article of ``split``.
     """
-    written = written_questions() if source == "written" else {}
-    candidates = [a for a in pool if a.title in written]
-    if candidates:
-        article = rng.choice(candidates)
-        facts = rng.sample(written[article.title], min(n, len(written[article.title])))
-        return article, [rng.choice(fact) for fact in facts]
+    if source == "written":
+        written = written_questions("train" if split == "train" else "valid")
+        candidates = [a for a in load_articles("train") if a.title in written]
+        if candidates:
+            article = rng.choice(candidates)
+            facts = rng.sample(written[article.title], min(n, len(written[article.title])))
+            return article, [rng.choice(fact) for fact in facts]
+    pool = load_articles(split)
     while True:
         article = rng.choice(pool)
         made = article_questions(rng, article)
@@ -306,10 +322,11 @@ def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1
             the bare model's distribution, so the adapter leaves what its text does not inform alone.
         max_words: longer articles are cut at a sentence edge, so one article is one chunk.
         source: ``rules`` (rule-made questions) or ``written`` (:func:`written_questions`). Written questions
-            exist for training articles only: held-out examples (the trainer's held-out monitor) get rule-made ones.
+            exist for training-split articles only: a ``heldout`` example (the trainer's held-out monitor) asks
+            about an article of the ``valid`` part, never trained on, with distractors from the held-out split.
     """
     pool = load_articles(split)
-    article, asked = _article_and_questions(rng, pool, source, questions)
+    article, asked = _article_and_questions(rng, split, source, questions)
     k = 1 if rng.random() < p_single else rng.randint(max(2, chunks[0]), max(2, chunks[1]))
     others = [a for a in rng.sample(pool, k + keep) if a.title != article.title][: k - 1 + keep]
     distractors, unrelated = others[: k - 1], others[k - 1:]

@@ -111,24 +111,36 @@ def compute_loss(hypernet: DocToLoRA, base: LoadedModel, examples: list[Example]
 
 @torch.no_grad()
 def evaluate(hypernet: DocToLoRA, base: LoadedModel, config: TrainConfig, step: int) -> dict[str, float]:
-    """Held-out answer loss, teacher-forced exact match, and the collapse diagnostics."""
+    """Held-out answer loss, teacher-forced exact match (overall and per task family, ``eval_exact_<kind>``, so a
+    mix's families can be told apart), and the collapse diagnostics.
+    """
     hypernet.eval()
     stage = config.stage_at(step)
     examples = sample_examples(stage, config.seed, 0, "heldout", config.eval_examples)
-    losses, exact, acc = [], [], []
+    losses, exact, acc, sizes = [], [], [], []
+    by_kind: dict[str, list[tuple[float, int]]] = {}
     adapters = []
-    for i in range(0, len(examples), stage.batch_size):
-        group = examples[i:i + stage.batch_size]
-        adapter = generate_adapters(hypernet, base, group)
-        out = answer_loss(base.model, qa_batch(base.tokenizer, group), adapter)
-        losses.append(out.loss.item())
-        exact.append(out.exact)
-        acc.append(out.token_accuracy)
-        adapters.append(adapter)
+    for kind in dict.fromkeys(ex.kind for ex in examples):
+        of_kind = [ex for ex in examples if ex.kind == kind]
+        for i in range(0, len(of_kind), stage.batch_size):
+            group = of_kind[i:i + stage.batch_size]
+            adapter = generate_adapters(hypernet, base, group)
+            out = answer_loss(base.model, qa_batch(base.tokenizer, group), adapter)
+            losses.append(out.loss.item())
+            exact.append(out.exact)
+            acc.append(out.token_accuracy)
+            sizes.append(len(group))
+            by_kind.setdefault(kind, []).append((out.exact, len(group)))
+            adapters.append(adapter)
     hypernet.train()
     spread = adapter_spread(adapters)
-    return {"eval_loss": sum(losses) / len(losses), "eval_exact": sum(exact) / len(exact),
-            "eval_token_acc": sum(acc) / len(acc), **spread}
+
+    def mean(values: list[float]) -> float:
+        return sum(v * n for v, n in zip(values, sizes, strict=True)) / sum(sizes)
+
+    per_kind = {f"eval_exact_{kind}": sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
+                for kind, pairs in by_kind.items()}
+    return {"eval_loss": mean(losses), "eval_exact": mean(exact), "eval_token_acc": mean(acc), **per_kind, **spread}
 
 
 class Trainer:
