@@ -15,7 +15,7 @@ from lora_memory.training.d2l.baseline import distill_document
 from lora_memory.training.d2l.batching import chunk_examples, qa_batch
 from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
 from lora_memory.training.d2l.data import facts_example, make_example, needle_example
-from lora_memory.training.d2l.trainer import Trainer, sample_examples
+from lora_memory.training.d2l.trainer import Trainer, evaluate, sample_examples
 from lora_memory.training.objectives import answer_loss
 
 TINY_HYPERNET = {"target_layers": [1, 2], "input_layer": 1, "max_chunk_tokens": 32, "rank": 4,
@@ -100,6 +100,17 @@ def test_train_resume_is_exact(tmp_path, tiny_llama):
     log = (tmp_path / "a" / "run" / "log.jsonl").read_text().splitlines()
     assert len(log) == 4 and "eval_exact" in log[1] and "adapter_spread" in log[1]
     assert (tmp_path / "a" / "run" / "hypernet" / "model.safetensors").is_file()
+
+
+def test_evaluate_reports_exact_per_task_family(tmp_path, tiny_llama):
+    config = _config(tmp_path).model_copy(update={"eval_examples": 6})
+    hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
+    record = evaluate(hypernet, tiny_llama, config, step=0)
+    kinds = [ex.kind for ex in sample_examples(config.stages[0], config.seed, 0, "heldout", 6)]
+    assert set(kinds) == {"needle", "facts"}
+    assert {f"eval_exact_{k}" for k in kinds} == {k for k in record if k.startswith("eval_exact_")}
+    weighted = sum(record[f"eval_exact_{k}"] * kinds.count(k) for k in set(kinds)) / len(kinds)
+    assert record["eval_exact"] == pytest.approx(weighted)
 
 
 def test_distill_objective_runs(tmp_path, tiny_llama):
