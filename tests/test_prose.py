@@ -14,8 +14,10 @@ from lora_memory.evaluation.prose import (
     capacity_markdown,
     evaluate_prose_capacity,
     evaluate_questions,
+    evaluate_written_validation,
     handwritten_questions,
     rule_questions,
+    validation_markdown,
     written_capacity_questions,
 )
 from lora_memory.evaluation.scoring import contains, exact_match
@@ -170,6 +172,19 @@ def test_evaluate_questions_runs_every_setting(tiny_llama):
             "internalized, own article"} <= set(scores)
     assert all(m["n"] == len(questions) for m in scores.values()) and 0.0 <= routing <= 1.0
     assert len(replies) == len(questions) and set(types) == {q.type for q in questions}
+
+
+def test_written_validation_asks_only_the_validation_part(tiny_llama):
+    torch.manual_seed(0)
+    hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
+    result = evaluate_written_validation(hypernet, tiny_llama, articles=2, max_new_tokens=2, progress=False)
+    valid = written_questions("valid")
+    first = sorted(valid)[:2]
+    assert result["articles"] == 2 and result["n"] == sum(len(valid[t]) for t in first)
+    assert not set(first) & set(written_questions("train")) and all(split_of_title(t) == "train" for t in first)
+    assert 0.0 <= result["internalized"] <= 1.0 and 0.0 <= result["closed_book"] <= 1.0
+    table = validation_markdown(result, "tiny")
+    assert "| closed-book |" in table and "| internalized, own article |" in table
 
 
 def test_write_section_replaces_only_its_own_block(tmp_path):

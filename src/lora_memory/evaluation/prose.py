@@ -40,7 +40,15 @@ from ..hypernet import DocToLoRA, HypernetConfig
 from ..routing import BM25Index
 from ..training.d2l.baseline import distill_document
 from ..training.d2l.data import QA, Example
-from ..training.d2l.prose import Article, article_questions, cloze_questions, continuations, load_articles, sentences
+from ..training.d2l.prose import (
+    Article,
+    article_questions,
+    cloze_questions,
+    continuations,
+    load_articles,
+    sentences,
+    written_questions,
+)
 from .answering import greedy_answer, greedy_answers
 from .prompts import in_context_prompt
 from .scoring import contains, exact_match
@@ -226,6 +234,43 @@ def evaluate_prose(hypernet: DocToLoRA, base: LoadedModel, quick: bool = False, 
         replies_path.parent.mkdir(parents=True, exist_ok=True)
         replies_path.write_text(json.dumps(all_replies, indent=1, ensure_ascii=False) + "\n")
     return report
+
+
+@torch.no_grad()
+def evaluate_written_validation(hypernet: DocToLoRA, base: LoadedModel, articles: int = 60, max_new_tokens: int = 24,
+                                progress: bool = True) -> dict[str, float]:
+    """Checkpoint selection without the test set: the written questions' validation part (training-split articles
+    that training never sees, :func:`~lora_memory.training.d2l.prose.written_part`), the first wording of every
+    fact, answered closed-book and with its own article's adapter (chunked as the memory chunks it).
+
+    Returns contains with the adapter and closed-book, the number of questions and of articles.
+    """
+    hypernet.eval()
+    valid = written_questions("valid")
+    by_title = {a.title: a for a in load_articles("train")}
+    titles = sorted(valid)[:articles]
+    coll = ProseCollection.build(hypernet, base, [by_title[t] for t in titles])
+    own, closed = [], []
+    for i, title in enumerate(tqdm(titles, desc="validation", disable=not progress)):
+        adapter = hypernet.compose([coll.adapters[j] for j in coll.of_article(i)])
+        for wordings in valid[title]:
+            qa = wordings[0]
+            with_adapter, bare = greedy_answers(base, [qa.question, qa.question], [adapter, None], max_new_tokens)
+            own.append(contains(with_adapter, [qa.answer]))
+            closed.append(contains(bare, [qa.answer]))
+    n = len(own)
+    return {"internalized": sum(own) / n, "closed_book": sum(closed) / n, "n": float(n), "articles": float(len(titles))}
+
+
+def validation_markdown(result: dict[str, float], hypernet_name: str) -> str:
+    """One line per setting of :func:`evaluate_written_validation`."""
+    return "\n".join([
+        f"### Written validation questions, hypernetwork: {hypernet_name}", "",
+        "| setting | contains |", "|---|---:|",
+        f"| closed-book | {result['closed_book']:.2f} |",
+        f"| internalized, own article | {result['internalized']:.2f} |", "",
+        f"{result['n']:.0f} questions (the first wording of each fact) on {result['articles']:.0f} training-split "
+        "articles of the validation part, never trained on; greedy, 24 new tokens."])
 
 
 CapacityVariant = Literal["rules", "everything", "written"]

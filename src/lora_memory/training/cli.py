@@ -59,6 +59,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prose", action="store_true",
                         help="Run the real-prose evaluation (held-out Wikipedia summaries: hand-written and rule-made "
                              "questions; internalized vs in-context vs RAG vs closed-book) instead of the ladder.")
+    parser.add_argument("--validation", action="store_true",
+                        help="With --prose: the written questions' validation part only (checkpoint selection; the "
+                             "held-out test questions are not asked).")
     parser.add_argument("--replies", type=Path, default=None, help="With --prose: write every reply to this JSON file.")
     parser.add_argument("--quick", action="store_true", help="Fewer, shorter documents (a smoke run).")
     parser.add_argument("--output", type=Path, default=None, help="Also write the markdown table here.")
@@ -76,7 +79,12 @@ def run_eval(args: argparse.Namespace) -> int:
         from ..evaluation.prose import evaluate_prose
 
         name = str(path) if args.hypernet else "the shipped checkpoint"
-        table = evaluate_prose(hypernet, base, quick=args.quick, replies_path=args.replies).to_markdown(name)
+        if args.validation:
+            from ..evaluation.prose import evaluate_written_validation, validation_markdown
+
+            table = validation_markdown(evaluate_written_validation(hypernet, base, 10 if args.quick else 60), name)
+        else:
+            table = evaluate_prose(hypernet, base, quick=args.quick, replies_path=args.replies).to_markdown(name)
     elif args.density:
         top = hypernet.config.max_chunk_tokens
         lengths = [top // 4, top] if args.quick else [top // 4, top // 2, top, 2 * top]
