@@ -9,7 +9,7 @@ is never trained on, not even as a distractor chunk.
 
 Questions come from one of two sources (``prose_example(source=...)``):
 
-- ``written``: ``prose_written_qa.json``, questions written from training-split
+- ``written``: ``prose_written_qa.json``, questions written from 7,819 training-split
   articles' text by language-model helpers (3 facts per article, two differently
   worded questions per fact, the answer verbatim in the text), as a user would ask;
   a tenth of those articles (:func:`written_part`) is a validation part that
