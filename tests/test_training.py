@@ -113,6 +113,33 @@ def test_evaluate_reports_exact_per_task_family(tmp_path, tiny_llama):
     assert record["eval_exact"] == pytest.approx(weighted)
 
 
+def test_widened_heads_generate_the_same_adapters_and_train_from_a_checkpoint(tmp_path, tiny_llama):
+    torch.manual_seed(0)
+    hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
+    with torch.no_grad():  # a trained-looking map (the second factor starts at zero)
+        hypernet.heads.map_b.second.normal_()
+    states, mask = hypernet.encode(tiny_llama, [[5, 6, 7, 8], [9, 10, 11, 12]])
+    before = hypernet(states, mask)
+    hypernet.save_pretrained(tmp_path / "init")
+    hypernet.widen_heads(16)
+    after = hypernet(states, mask)
+    assert hypernet.config.head_rank == 16 and hypernet.heads.map_a.first.shape[-1] == 16
+    for name, w in before.weights.items():
+        torch.testing.assert_close(after.weights[name].A, w.A)
+        torch.testing.assert_close(after.weights[name].B, w.B)
+    with pytest.raises(ValueError, match="larger rank"):
+        hypernet.widen_heads(8)
+    config = _config(tmp_path, steps=2).model_copy(update={"init_from": str(tmp_path / "init"),
+                                                           "widen_head_rank": 16})
+    trainer = Trainer(config, base=tiny_llama)
+    trainer.run()
+    saved = DocToLoRA.from_pretrained(tmp_path / "run" / "hypernet", base=tiny_llama)
+    assert saved.config.head_rank == 16
+    assert saved.heads.map_b.second[:, 8:].abs().sum() > 0  # the new directions learned
+    with pytest.raises(ValueError, match="set init_from"):
+        TrainConfig(stages=config.stages, widen_head_rank=16)
+
+
 def test_distill_objective_runs(tmp_path, tiny_llama):
     trainer = Trainer(_config(tmp_path, steps=1, objective="distill", distill_top_k=4), base=tiny_llama)
     record = trainer.train_step()

@@ -35,6 +35,20 @@ class _LayerMaps(nn.Module):
         if zero:
             nn.init.zeros_(self.second)
 
+    @torch.no_grad()
+    def widen(self, rank: int) -> None:
+        """Factor through ``rank`` (> the current rank) and compute the same map: the new columns of the first
+        factor are small and random (a tenth of the usual scale, so Adam's first steps on the new rows of the
+        second factor, which start at zero, move the adapters gently), and training grows them (Net2Net-style).
+        """
+        if self.first is None or rank <= self.first.shape[-1]:
+            raise ValueError(f"can only widen a factored map to a larger rank, got {rank}")
+        n_layers, d_in, old = self.first.shape
+        extra = torch.randn(n_layers, d_in, rank - old, dtype=self.first.dtype, device=self.first.device)
+        self.first = nn.Parameter(torch.cat([self.first, 0.1 * extra / math.sqrt(d_in)], dim=-1))
+        zeros = self.second.new_zeros(n_layers, rank - old, self.second.shape[-1])
+        self.second = nn.Parameter(torch.cat([self.second, zeros], dim=1))
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (N, L, r, D)
         if self.first is not None:
             z = torch.einsum("nlrd,ldk->nlrk", z, self.first)

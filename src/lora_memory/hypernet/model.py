@@ -45,6 +45,18 @@ class DocToLoRA(PretrainedHypernet):
         self.heads = LoRAHeads(config, self.trunk.out_dim)
 
     # -------------------------------------------------------------- building
+    def widen_heads(self, head_rank: int) -> DocToLoRA:
+        """Widen the per-layer head maps to ``head_rank`` in place, generating the same adapters as before (see
+        ``_LayerMaps.widen``); ``config.head_rank`` follows, so a saved checkpoint loads at the new width.
+
+        Raises:
+            ValueError: the maps are full rank, or ``head_rank`` is not larger than the current one.
+        """
+        self.heads.map_a.widen(head_rank)
+        self.heads.map_b.widen(head_rank)
+        self.config = self.config.model_copy(update={"head_rank": head_rank})
+        return self
+
     @classmethod
     def for_base_model(cls, base: LoadedModel, config: HypernetConfig | None = None, **overrides: Any) -> DocToLoRA:
         """A freshly initialised hypernetwork sized for ``base`` (dimensions discovered, not hard-coded).

@@ -40,6 +40,9 @@ class TrainConfig(BaseModel):
     base_model: str = Field("embedded", description="Base model id/path, or 'embedded'.")
     hypernet: dict[str, Any] = Field(default_factory=dict, description="HypernetConfig overrides.")
     init_from: str | None = Field(None, description="Start from this saved hypernetwork instead of random init.")
+    widen_head_rank: int | None = Field(
+        None, ge=1, description="With init_from: widen its head maps to this rank first (the same adapters at step 0)."
+    )
     stages: list[Stage]
     objective: Literal["answer_ce", "distill"] = Field(
         "answer_ce", description="answer_ce: CE on the known answers; distill: match the in-context teacher."
@@ -72,6 +75,8 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if not self.stages:
             raise ValueError("stages: at least one stage is required")
+        if self.widen_head_rank and not self.init_from:
+            raise ValueError("widen_head_rank widens a saved hypernetwork: set init_from too")
         return self
 
     @property

@@ -164,6 +164,8 @@ class Trainer:
         else:
             if config.init_from:
                 self.hypernet = DocToLoRA.from_pretrained(config.init_from, base=self.base)
+                if config.widen_head_rank:
+                    self.hypernet.widen_heads(config.widen_head_rank)
             else:
                 torch.manual_seed(config.seed)
                 self.hypernet = DocToLoRA.for_base_model(self.base, HypernetConfig(**config.hypernet))
