@@ -28,6 +28,8 @@ from transformers import (
 from lora_memory import paths
 from lora_memory.adapter import LoRAAdapter, LoRAWeights
 from lora_memory.base import LoadedModel, embedded_model_dir, load_base_model, model_fingerprint
+from lora_memory.hypernet import DocToLoRA
+from memory_support import save_models, tiny_hypernet
 
 TINY_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=2048)
@@ -78,6 +80,19 @@ def make_tiny_llama(tokenizer: PreTrainedTokenizerBase) -> Callable[[int], Loade
 def tiny_llama(tokenizer: PreTrainedTokenizerBase) -> LoadedModel:
     """A shared tiny random llama. Tests must leave it as they found it (no hooks, no weight edits)."""
     return _make_tiny_llama(tokenizer, seed=0)
+
+
+@pytest.fixture(scope="module")
+def hypernet(tiny_llama: LoadedModel) -> DocToLoRA:
+    """A perturbed tiny Doc-to-LoRA for ``tiny_llama`` (``memory_support.tiny_hypernet``), fresh per module."""
+    return tiny_hypernet(tiny_llama)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_llama: LoadedModel,
+               hypernet: DocToLoRA) -> tuple[Path, Path]:
+    """``tiny_llama`` and ``hypernet`` saved to disk (base directory, hypernetwork directory), for workers."""
+    return save_models(tiny_llama, hypernet, tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")

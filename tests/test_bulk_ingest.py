@@ -27,7 +27,7 @@ from lora_memory.corpus import count_lines, iter_jsonl
 from lora_memory.errors import DocumentNotFoundError, EmptyDocumentError, UnsupportedDocumentError
 from lora_memory.memory import LoRAMemory
 from lora_memory.paths import HOME_ENV
-from memory_support import count_encoded_chunks, open_tiny_memory, save_models, tiny_hypernet
+from memory_support import count_encoded_chunks, open_tiny_memory, save_models
 
 WORDS = "zebra volcano river tower copper market north glass orchard signal lantern harbour winter".split()
 
@@ -43,11 +43,6 @@ def _write_corpus(path: Path, n: int, bad_lines: bool = False) -> Path:
                       json.dumps({"id": "y", "text": "ok", "extra": 1}), ""]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module")
-def hypernet(tiny_llama):
-    return tiny_hypernet(tiny_llama)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from lora_memory.cli import main
 from lora_memory.collection import ADAPTERS_DIR, Collection
 from lora_memory.errors import CorruptManifestError, DocumentNotFoundError, IncompatibleAdapterError, InvalidNameError
 from lora_memory.paths import HOME_ENV
-from memory_support import open_tiny_memory, save_models, tiny_hypernet
+from memory_support import open_tiny_memory, save_models
 
 ZEBRA = "Zebras live on the African savanna. Their stripes confuse biting flies and hungry lions alike."
 ETNA = "Mount Etna is an active volcano in Sicily. Its eruptions have been recorded for three thousand years."
@@ -33,11 +33,6 @@ TOWER = "The Eiffel Tower stands in Paris. Gustave Eiffel's company finished the
 WORKER = Path(__file__).with_name("fault_worker.py")
 KILL_SEEDS, KILLS_PER_SEED, KILL_SECONDS = [1, 2, 3], 12, 30
 MANIFEST_EXAMPLES = 300
-
-
-@pytest.fixture(scope="module")
-def hypernet(tiny_llama):
-    return tiny_hypernet(tiny_llama)
 
 
 # ------------------------------------------------------------------ kill -9, concurrent writers and readers

@@ -31,11 +31,6 @@ ETNA = "Mount Etna is an active volcano in Sicily. Its eruptions have been recor
 FACTS = "\n\n".join([ZEBRA, TOWER, ETNA])
 
 
-@pytest.fixture(scope="module")
-def hypernet(tiny_llama):
-    return tiny_hypernet(tiny_llama)
-
-
 @pytest.fixture
 def open_memory(tmp_path, tiny_llama, hypernet):
     """Opens collection ``name`` under tmp_path with the tiny models; config fields as keywords."""

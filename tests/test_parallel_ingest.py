@@ -16,7 +16,6 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -30,22 +29,10 @@ from memory_support import (
     count_encoded_chunks,
     open_saved_memory,
     open_tiny_memory,
-    save_models,
     stored_chunk_files,
-    tiny_hypernet,
 )
 
 N_DOCS = 12
-
-
-@pytest.fixture(scope="module")
-def hypernet(tiny_llama):
-    return tiny_hypernet(tiny_llama)
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory, tiny_llama, hypernet) -> tuple[Path, Path]:
-    return save_models(tiny_llama, hypernet, tmp_path_factory.mktemp("models"))
 
 
 def test_two_workers_store_what_one_process_stores_and_the_parent_never_encodes(tmp_path, model_dirs, monkeypatch):

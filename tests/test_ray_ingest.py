@@ -20,7 +20,6 @@ import re
 import shutil
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -38,7 +37,6 @@ from memory_support import (
     count_encoded_chunks,
     open_saved_memory,
     open_tiny_memory,
-    save_models,
     stored_chunk_files,
     tiny_hypernet,
 )
@@ -48,16 +46,6 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.allow_hosts(["127.0.0.1"])  # the driver talks to the local Ray over loopback TCP
 N_DOCS = 12
 ACTORS = 2
-
-
-@pytest.fixture(scope="module")
-def hypernet(tiny_llama):
-    return tiny_hypernet(tiny_llama)
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory, tiny_llama, hypernet) -> tuple[Path, Path]:
-    return save_models(tiny_llama, hypernet, tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from lora_memory.generation import GenerationConfig, generate
 from lora_memory.paths import collections_dir
 from lora_memory.routing import BM25Index
 from lora_memory.routing_index import INDEX_NAME
-from memory_support import MAX_NEW_TOKENS, open_tiny_memory, tiny_hypernet
+from memory_support import MAX_NEW_TOKENS, open_tiny_memory
 
 ZEBRA = "Zebras live on the African savanna. Their stripes confuse biting flies and hungry lions alike."
 ETNA = "Mount Etna is an active volcano in Sicily. Its eruptions have been recorded for three thousand years."
@@ -46,11 +46,6 @@ ZEBRA_QUESTION = "Why do zebras have stripes on the savanna?"
 ETNA_QUESTION = "Which volcano erupts in Sicily?"
 HOSTILE_NAMES = ["../../outside/victim", "/tmp/abs", "..", ".", "a/b", "a\\b", "notes\n", "", " notes", "x" * 200,
                  "-rf", "nul\x00"]
-
-
-@pytest.fixture(scope="module")
-def hypernet(tiny_llama):
-    return tiny_hypernet(tiny_llama)
 
 
 @pytest.fixture

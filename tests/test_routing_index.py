@@ -22,7 +22,7 @@ from lora_memory.errors import CorruptEntryError
 from lora_memory.memory import LoRAMemory
 from lora_memory.routing import BM25Index, tokenize
 from lora_memory.routing_index import INDEX_NAME, RoutingIndex
-from memory_support import open_tiny_memory, tiny_hypernet
+from memory_support import open_tiny_memory
 
 ZEBRA = "Zebras live on the African savanna. Their stripes confuse biting flies and hungry lions alike."
 ETNA = "Mount Etna is an active volcano in Sicily. Its eruptions have been recorded for three thousand years."
@@ -69,11 +69,6 @@ def test_a_ranker_over_a_subset_ranks_only_that_subset(tmp_path):
         BM25Index([TOWER, ZEBRA]).top_k("volcano eruptions in sicily", 2)
     with pytest.raises(KeyError, match="lacks 1 chunks"):
         index.ranker(["d" * 64])
-
-
-@pytest.fixture(scope="module")
-def hypernet(tiny_llama):
-    return tiny_hypernet(tiny_llama)
 
 
 @pytest.fixture
