@@ -47,6 +47,7 @@ from ..training.d2l.prose import (
     continuations,
     load_articles,
     sentences,
+    written_articles,
     written_questions,
 )
 from .answering import greedy_answer, greedy_answers
@@ -243,23 +244,24 @@ def evaluate_written_validation(hypernet: DocToLoRA, base: LoadedModel, articles
     that training never sees, :func:`~lora_memory.training.d2l.prose.written_part`), the first wording of every
     fact, answered closed-book and with its own article's adapter (chunked as the memory chunks it).
 
-    Returns contains with the adapter and closed-book, the number of questions and of articles.
+    Returns contains with the adapter and closed-book, the number of questions and of articles, and the new-token
+    budget.
     """
     hypernet.eval()
     valid = written_questions("valid")
-    by_title = {a.title: a for a in load_articles("train")}
-    titles = sorted(valid)[:articles]
-    coll = ProseCollection.build(hypernet, base, [by_title[t] for t in titles])
+    chosen = list(written_articles("valid")[:articles])
+    coll = ProseCollection.build(hypernet, base, chosen)
     own, closed = [], []
-    for i, title in enumerate(tqdm(titles, desc="validation", disable=not progress)):
+    for i, article in enumerate(tqdm(chosen, desc="validation", disable=not progress)):
         adapter = hypernet.compose([coll.adapters[j] for j in coll.of_article(i)])
-        for wordings in valid[title]:
+        for wordings in valid[article.title]:
             qa = wordings[0]
             with_adapter, bare = greedy_answers(base, [qa.question, qa.question], [adapter, None], max_new_tokens)
             own.append(contains(with_adapter, [qa.answer]))
             closed.append(contains(bare, [qa.answer]))
     n = len(own)
-    return {"internalized": sum(own) / n, "closed_book": sum(closed) / n, "n": float(n), "articles": float(len(titles))}
+    return {"internalized": sum(own) / n, "closed_book": sum(closed) / n, "n": float(n), "articles": float(len(chosen)),
+            "max_new_tokens": float(max_new_tokens)}
 
 
 def validation_markdown(result: dict[str, float], hypernet_name: str) -> str:
@@ -270,7 +272,7 @@ def validation_markdown(result: dict[str, float], hypernet_name: str) -> str:
         f"| closed-book | {result['closed_book']:.2f} |",
         f"| internalized, own article | {result['internalized']:.2f} |", "",
         f"{result['n']:.0f} questions (the first wording of each fact) on {result['articles']:.0f} training-split "
-        "articles of the validation part, never trained on; greedy, 24 new tokens."])
+        f"articles of the validation part, never trained on; greedy, {result['max_new_tokens']:.0f} new tokens."])
 
 
 CapacityVariant = Literal["rules", "everything", "written"]

@@ -269,10 +269,9 @@ def written_part(title: str) -> WrittenPart:
     return "valid" if int(hashlib.sha256(title.encode()).hexdigest(), 16) % 10 == 1 else "train"
 
 
-@lru_cache(maxsize=2)
-def written_questions(part: WrittenPart = "train") -> dict[str, tuple[tuple[QA, ...], ...]]:
-    """Title -> facts, each fact its questions (two wordings) with the first accepted answer, for the articles of
-    ``part`` (:func:`written_part`); training split only.
+@lru_cache(maxsize=1)
+def _all_written_questions() -> dict[str, tuple[tuple[QA, ...], ...]]:
+    """Every article of the written-questions file, parsed once (it is read for both parts).
 
     Raises:
         ValueError: the file names a held-out title (it must never be trained on).
@@ -282,10 +281,27 @@ def written_questions(part: WrittenPart = "train") -> dict[str, tuple[tuple[QA, 
     for item in raw:
         if split_of_title(item["title"]) != "train":
             raise ValueError(f"{WRITTEN_QA_FILE.name}: {item['title']!r} is a held-out title")
-        if written_part(item["title"]) == part:
-            out[item["title"]] = tuple(tuple(QA(q, fact["answers"][0]) for q in fact["questions"])
-                                       for fact in item["facts"])
+        out[item["title"]] = tuple(tuple(QA(q, fact["answers"][0]) for q in fact["questions"])
+                                   for fact in item["facts"])
     return out
+
+
+@lru_cache(maxsize=2)
+def written_questions(part: WrittenPart = "train") -> dict[str, tuple[tuple[QA, ...], ...]]:
+    """Title -> facts, each fact its questions (two wordings) with the first accepted answer, for the articles of
+    ``part`` (:func:`written_part`); training split only.
+
+    Raises:
+        ValueError: the file names a held-out title (it must never be trained on).
+    """
+    return {title: facts for title, facts in _all_written_questions().items() if written_part(title) == part}
+
+
+@lru_cache(maxsize=2)
+def written_articles(part: WrittenPart = "train") -> tuple[Article, ...]:
+    """The training-split articles that have written questions in ``part``, in title order."""
+    written = written_questions(part)
+    return tuple(a for a in load_articles("train") if a.title in written)
 
 
 def _article_and_questions(rng: random.Random, split: Split, source: Source, n: int) -> tuple[Article, list[QA]]:
@@ -294,12 +310,12 @@ def _article_and_questions(rng: random.Random, split: Split, source: Source, n: 
     which training never sees. Rule-made questions: an article of ``split``.
     """
     if source == "written":
-        written = written_questions("train" if split == "train" else "valid")
-        candidates = [a for a in load_articles("train") if a.title in written]
+        part: WrittenPart = "train" if split == "train" else "valid"
+        candidates = written_articles(part)
         if candidates:
             article = rng.choice(candidates)
-            facts = rng.sample(written[article.title], min(n, len(written[article.title])))
-            return article, [rng.choice(fact) for fact in facts]
+            facts = written_questions(part)[article.title]
+            return article, [rng.choice(fact) for fact in rng.sample(facts, min(n, len(facts)))]
     pool = load_articles(split)
     while True:
         article = rng.choice(pool)

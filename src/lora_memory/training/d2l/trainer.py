@@ -117,8 +117,7 @@ def evaluate(hypernet: DocToLoRA, base: LoadedModel, config: TrainConfig, step: 
     hypernet.eval()
     stage = config.stage_at(step)
     examples = sample_examples(stage, config.seed, 0, "heldout", config.eval_examples)
-    losses, exact, acc, sizes = [], [], [], []
-    by_kind: dict[str, list[tuple[float, int]]] = {}
+    losses, exact, acc, sizes, kinds = [], [], [], [], []
     adapters = []
     for kind in dict.fromkeys(ex.kind for ex in examples):
         of_kind = [ex for ex in examples if ex.kind == kind]
@@ -130,16 +129,17 @@ def evaluate(hypernet: DocToLoRA, base: LoadedModel, config: TrainConfig, step: 
             exact.append(out.exact)
             acc.append(out.token_accuracy)
             sizes.append(len(group))
-            by_kind.setdefault(kind, []).append((out.exact, len(group)))
+            kinds.append(kind)
             adapters.append(adapter)
     hypernet.train()
     spread = adapter_spread(adapters)
 
-    def mean(values: list[float]) -> float:
-        return sum(v * n for v, n in zip(values, sizes, strict=True)) / sum(sizes)
+    def mean(values: list[float], kind: str | None = None) -> float:
+        """Example-weighted mean over the groups (of one family when ``kind`` is given)."""
+        pairs = [(v, n) for v, n, k in zip(values, sizes, kinds, strict=True) if kind in (None, k)]
+        return sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
 
-    per_kind = {f"eval_exact_{kind}": sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
-                for kind, pairs in by_kind.items()}
+    per_kind = {f"eval_exact_{kind}": mean(exact, kind) for kind in dict.fromkeys(kinds)}
     return {"eval_loss": mean(losses), "eval_exact": mean(exact), "eval_token_acc": mean(acc), **per_kind, **spread}
 
 
