@@ -183,8 +183,16 @@ def test_written_validation_asks_only_the_validation_part(tiny_llama):
     assert result["articles"] == 2 and result["n"] == sum(len(valid[t]) for t in first)
     assert not set(first) & set(written_questions("train")) and all(split_of_title(t) == "train" for t in first)
     assert 0.0 <= result["internalized"] <= 1.0 and 0.0 <= result["closed_book"] <= 1.0
+    # a fresh hypernetwork's adapters are no-ops (B starts at zero): every teacher-forced loss is the bare model's
+    assert result["loss_own"] == pytest.approx(result["loss_closed"]) == pytest.approx(result["loss_other"])
     table = validation_markdown(result, "tiny")
-    assert "| closed-book |" in table and "| internalized, own article |" in table
+    assert "| closed-book |" in table and "| internalized, own article |" in table and "another article" in table
+    with torch.no_grad():
+        for p in hypernet.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    moved = evaluate_written_validation(hypernet, tiny_llama, articles=2, max_new_tokens=2, progress=False)
+    assert moved["loss_own"] != pytest.approx(moved["loss_closed"])
+    assert moved["loss_own"] != pytest.approx(moved["loss_other"])  # another article's adapter is another adapter
 
 
 def test_write_section_replaces_only_its_own_block(tmp_path):
@@ -203,8 +211,10 @@ def test_prose_capacity_trains_a_free_lora_and_reports_every_variant(tiny_llama)
                                              variant=variant) for variant in ("rules", "everything", "written")}
     assert caps["rules"]["n"] == 2 and caps["everything"]["n_trained"] > caps["rules"]["n_trained"]
     assert caps["written"]["n_trained"] >= 4
-    table = capacity_markdown(caps, hypernet.config.rank)
+    table = capacity_markdown(caps, hypernet.config)
     assert "rule-made questions" in table and "every cloze" in table and "written questions" in table
+    layers = hypernet.config.layers
+    assert f"rank-{hypernet.config.rank} LoRA on `{hypernet.config.target_module}` of layers {layers[0]}-{layers[-1]}" in table
 
 
 def test_written_capacity_questions_are_held_out_articles_and_never_an_evaluation_question():

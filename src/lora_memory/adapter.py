@@ -105,6 +105,13 @@ class LoRAAdapter:
         picked = {k: LoRAWeights(w.A[index], w.B[index]) for k, w in self.weights.items()}
         return LoRAAdapter(picked, self.scaling, dict(self.metadata))
 
+    def as_batch(self) -> LoRAAdapter:
+        """This (unbatched) adapter as a batch of one row, the shape the training losses select rows from."""
+        if self.batched:
+            raise ValueError("as_batch: the adapter is already batched")
+        return LoRAAdapter({k: LoRAWeights(w.A[None], w.B[None]) for k, w in self.weights.items()},
+                           self.scaling, dict(self.metadata))
+
     def unbatch(self) -> list[LoRAAdapter]:
         """Split a batched adapter into one adapter per batch row."""
         if not self.batched:

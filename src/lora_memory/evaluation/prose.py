@@ -39,6 +39,7 @@ from ..chunking import chunk_text
 from ..hypernet import DocToLoRA, HypernetConfig
 from ..routing import BM25Index
 from ..training.d2l.baseline import distill_document
+from ..training.d2l.batching import qa_batch
 from ..training.d2l.data import QA, Example
 from ..training.d2l.prose import (
     Article,
@@ -50,6 +51,7 @@ from ..training.d2l.prose import (
     written_articles,
     written_questions,
 )
+from ..training.objectives import answer_loss
 from .answering import greedy_answer, greedy_answers
 from .prompts import in_context_prompt
 from .scoring import contains, exact_match
@@ -244,35 +246,51 @@ def evaluate_written_validation(hypernet: DocToLoRA, base: LoadedModel, articles
     that training never sees, :func:`~lora_memory.training.d2l.prose.written_part`), the first wording of every
     fact, answered closed-book and with its own article's adapter (chunked as the memory chunks it).
 
-    Returns contains with the adapter and closed-book, the number of questions and of articles, and the new-token
-    budget.
+    Beside greedy contains it reports the teacher-forced answer loss (nats per answer token, averaged per question)
+    with the own article's adapter, with the *next* article's adapter, and closed-book. The gap between the other
+    and the own article's loss is what the adapter carries about its own text; the gap between closed-book and the
+    other article's loss is what any adapter of this hypernetwork does whatever it read (answer format, priors).
+
+    Returns contains with the adapter and closed-book, the three losses, the number of questions and of articles,
+    and the new-token budget.
     """
     hypernet.eval()
     valid = written_questions("valid")
     chosen = list(written_articles("valid")[:articles])
     coll = ProseCollection.build(hypernet, base, chosen)
+    adapters = [hypernet.compose([coll.adapters[j] for j in coll.of_article(i)]) for i in range(len(chosen))]
     own, closed = [], []
+    losses: dict[str, list[float]] = {"own": [], "other": [], "closed": []}
     for i, article in enumerate(tqdm(chosen, desc="validation", disable=not progress)):
-        adapter = hypernet.compose([coll.adapters[j] for j in coll.of_article(i)])
-        for wordings in valid[article.title]:
-            qa = wordings[0]
-            with_adapter, bare = greedy_answers(base, [qa.question, qa.question], [adapter, None], max_new_tokens)
+        questions = [wordings[0] for wordings in valid[article.title]]
+        for qa in questions:
+            with_adapter, bare = greedy_answers(base, [qa.question, qa.question], [adapters[i], None], max_new_tokens)
             own.append(contains(with_adapter, [qa.answer]))
             closed.append(contains(bare, [qa.answer]))
+        batch = qa_batch(base.tokenizer, [Example(article.text, questions, "prose")])
+        settings = {"own": adapters[i], "other": adapters[(i + 1) % len(chosen)], "closed": None}
+        with torch.no_grad():
+            for setting, adapter in settings.items():
+                loss = answer_loss(base.model, batch, adapter.as_batch() if adapter is not None else None).loss
+                losses[setting] += [loss.item()] * len(questions)
     n = len(own)
-    return {"internalized": sum(own) / n, "closed_book": sum(closed) / n, "n": float(n), "articles": float(len(chosen)),
-            "max_new_tokens": float(max_new_tokens)}
+    return {"internalized": sum(own) / n, "closed_book": sum(closed) / n,
+            **{f"loss_{setting}": sum(values) / n for setting, values in losses.items()},
+            "n": float(n), "articles": float(len(chosen)), "max_new_tokens": float(max_new_tokens)}
 
 
 def validation_markdown(result: dict[str, float], hypernet_name: str) -> str:
     """One line per setting of :func:`evaluate_written_validation`."""
     return "\n".join([
         f"### Written validation questions, hypernetwork: {hypernet_name}", "",
-        "| setting | contains |", "|---|---:|",
-        f"| closed-book | {result['closed_book']:.2f} |",
-        f"| internalized, own article | {result['internalized']:.2f} |", "",
+        "| setting | contains | answer loss (teacher-forced) |", "|---|---:|---:|",
+        f"| closed-book | {result['closed_book']:.2f} | {result['loss_closed']:.2f} |",
+        f"| internalized, another article's adapter | - | {result['loss_other']:.2f} |",
+        f"| internalized, own article | {result['internalized']:.2f} | {result['loss_own']:.2f} |", "",
         f"{result['n']:.0f} questions (the first wording of each fact) on {result['articles']:.0f} training-split "
-        f"articles of the validation part, never trained on; greedy, {result['max_new_tokens']:.0f} new tokens."])
+        f"articles of the validation part, never trained on; greedy, {result['max_new_tokens']:.0f} new tokens. "
+        "Answer loss: nats per answer token, averaged per question. What the adapter carries about its own "
+        f"article: {result['loss_other'] - result['loss_own']:.2f} nats (another article's loss minus the own one's)."])
 
 
 CapacityVariant = Literal["rules", "everything", "written"]
@@ -358,11 +376,13 @@ def evaluate_prose_capacity(base: LoadedModel, config: HypernetConfig, articles:
             "n_trained": float(len(trained)), "steps": float(steps), "seconds_per_step": sum(seconds) / len(seconds)}
 
 
-def capacity_markdown(results: dict[str, dict[str, float]], rank: int) -> str:
+def capacity_markdown(results: dict[str, dict[str, float]], shape: HypernetConfig) -> str:
     """The capacity rung's runs, one row per training-question variant (keys of :data:`CAPACITY_VARIANTS`)."""
     first = next(iter(results.values()))
-    lines = [f"### Capacity on prose (a free rank-{rank} LoRA of the adapter's shape, {first['steps']:.0f} Adam steps "
-             "per article)", "",
+    layers = shape.layers
+    where = f"layers {layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else f"layers {layers}"
+    lines = [f"### Capacity on prose (a free rank-{shape.rank} LoRA on `{shape.target_module}` of {where}, "
+             f"{first['steps']:.0f} Adam steps per article)", "",
              "| trained on | its own training questions | hand-written questions | closed-book | word overlap "
              f"| reworded (overlap < {LOW_OVERLAP}): LoRA / closed-book (n) |",
              "|---|---:|---:|---:|---:|---:|"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from ..base import load_base_model
-from ..hypernet import DocToLoRA
+from ..hypernet import DocToLoRA, HypernetConfig
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +53,11 @@ def write_section(path: Path, name: str, text: str) -> None:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capacity", action="store_true",
-                        help="Also check that a free LoRA on the same targets stores a document (ladder rung 1).")
+                        help="Also check that a free LoRA on the same targets stores a document (ladder rung 1); "
+                             "with --prose, run only that rung, on held-out articles.")
+    parser.add_argument("--capacity-shape", type=json.loads, default=None, metavar="JSON",
+                        help='With --capacity: HypernetConfig overrides for the free LoRA\'s shape, e.g. '
+                             '\'{"rank": 32, "target_layers": null}\' (default: the hypernetwork\'s own).')
     parser.add_argument("--density", action="store_true",
                         help="Run the chunk-density evaluation (dense documents at several chunk lengths) instead "
                              "of the needle and facts ladder.")
@@ -75,7 +80,14 @@ def run_eval(args: argparse.Namespace) -> int:
     base = load_base_model(args.base_model, dtype=args.dtype, device=args.device)
     path = args.hypernet or default_hypernet_dir()
     hypernet = DocToLoRA.from_pretrained(path, base=base, device=base.device)
-    if args.prose:
+    shape = HypernetConfig.model_validate({**hypernet.config.model_dump(), **(args.capacity_shape or {})})
+    if args.prose and args.capacity:
+        from ..evaluation.prose import capacity_markdown, evaluate_prose_capacity
+
+        caps = {variant: evaluate_prose_capacity(base, shape, articles=3 if args.quick else 20, variant=variant)
+                for variant in ("rules", "everything", "written")}
+        table = capacity_markdown(caps, shape)
+    elif args.prose:
         from ..evaluation.prose import evaluate_prose
 
         name = str(path) if args.hypernet else "the shipped checkpoint"
@@ -96,15 +108,9 @@ def run_eval(args: argparse.Namespace) -> int:
         config = EvalConfig(needle_lengths=[256, 1024], needle_depths=[0.5], needle_per_cell=2,
                             facts_documents=4) if args.quick else EvalConfig()
         table = evaluate_hypernet(hypernet, base, config).to_markdown()
-    if args.capacity and args.prose:
-        from ..evaluation.prose import capacity_markdown, evaluate_prose_capacity
-
-        caps = {variant: evaluate_prose_capacity(base, hypernet.config, articles=3 if args.quick else 20,
-                                                 variant=variant) for variant in ("rules", "everything", "written")}
-        table += "\n\n" + capacity_markdown(caps, hypernet.config.rank)
-    elif args.capacity:
-        cap = evaluate_capacity(base, hypernet.config, documents=2 if args.quick else 6)
-        table += (f"\n\n### Capacity (free rank-{hypernet.config.rank} LoRA, {cap['steps']:.0f} Adam steps per "
+    if args.capacity and not args.prose:
+        cap = evaluate_capacity(base, shape, documents=2 if args.quick else 6)
+        table += (f"\n\n### Capacity (free rank-{shape.rank} LoRA, {cap['steps']:.0f} Adam steps per "
                   f"document)\n\nexact {cap['exact']:.2f}, contains {cap['contains']:.2f} over {cap['n']:.0f} "
                   f"questions; {cap['seconds_per_step']:.2f} s per step")
     print(table)

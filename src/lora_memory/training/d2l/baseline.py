@@ -48,8 +48,7 @@ def distill_document(base: LoadedModel, example: Example, config: HypernetConfig
     params = [p for w in adapter.weights.values() for p in (w.A, w.B)]
     opt = torch.optim.Adam(params, lr=lr)
     batch = qa_batch(base.tokenizer, [example])
-    batched = LoRAAdapter({k: LoRAWeights(w.A[None], w.B[None]) for k, w in adapter.weights.items()},
-                          adapter.scaling)
+    batched = adapter.as_batch()
     losses = []
     start = time.perf_counter()
     for _ in range(steps):
