@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import random
@@ -22,7 +23,7 @@ from lora_memory.evaluation.prose import (
 )
 from lora_memory.evaluation.scoring import contains, exact_match
 from lora_memory.hypernet import DocToLoRA
-from lora_memory.training.cli import write_section
+from lora_memory.training.cli import add_eval_arguments, section_name, write_section
 from lora_memory.training.d2l.batching import chunk_examples, qa_batch
 from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
 from lora_memory.training.d2l.prose import (
@@ -203,6 +204,16 @@ def test_write_section_replaces_only_its_own_block(tmp_path):
     text = path.read_text()
     assert "ladder v2" in text and "ladder v1" not in text and "prose v1" in text
     assert text.index("ladder v2") < text.index("prose v1")
+
+
+def test_each_kind_of_eval_table_has_its_own_output_block():
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    names = [section_name(parser.parse_args(flags)) for flags in
+             ([], ["--capacity"], ["--density"], ["--prose"], ["--prose", "--validation"], ["--prose", "--capacity"])]
+    assert names == ["ladder", "ladder", "density", "prose", "prose-validation", "prose-capacity"]
+    shape = parser.parse_args(["--capacity", "--capacity-shape", '{"rank": 32, "target_layers": null}'])
+    assert shape.capacity_shape == {"rank": 32, "target_layers": None}
 
 
 def test_prose_capacity_trains_a_free_lora_and_reports_every_variant(tiny_llama):

@@ -72,6 +72,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=None, help="Also write the markdown table here.")
 
 
+def section_name(args: argparse.Namespace) -> str:
+    """The block of ``--output`` that this evaluation's table replaces: one per kind of table."""
+    if args.prose:
+        return "prose-capacity" if args.capacity else "prose-validation" if args.validation else "prose"
+    return "density" if args.density else "ladder"
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Held-out evaluation of a hypernetwork (--hypernet, default the shipped one): needle, facts, collapse."""
     from ..checkpoints import default_hypernet_dir
@@ -115,5 +122,5 @@ def run_eval(args: argparse.Namespace) -> int:
                   f"questions; {cap['seconds_per_step']:.2f} s per step")
     print(table)
     if args.output:
-        write_section(args.output, "prose" if args.prose else "ladder", table)
+        write_section(args.output, section_name(args), table)
     return 0
