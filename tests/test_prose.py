@@ -26,6 +26,7 @@ from lora_memory.hypernet import DocToLoRA
 from lora_memory.training.cli import add_eval_arguments, section_name, write_section
 from lora_memory.training.d2l.batching import chunk_examples, qa_batch
 from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
+from lora_memory.training.d2l.data import needle_example
 from lora_memory.training.d2l.prose import (
     BLANK,
     _fit,
@@ -37,8 +38,8 @@ from lora_memory.training.d2l.prose import (
     written_part,
     written_questions,
 )
-from lora_memory.training.d2l.trainer import Trainer
-from lora_memory.training.objectives import keep_loss
+from lora_memory.training.d2l.trainer import Trainer, partners
+from lora_memory.training.objectives import answer_loss, contrast_loss, keep_loss
 
 TINY_HYPERNET = {"target_layers": [1, 2], "input_layer": 1, "max_chunk_tokens": 64, "rank": 4,
                  "head_rank": 8, "key_dim": 16}
@@ -146,6 +147,48 @@ def test_a_prose_run_trains_with_the_keep_term(tiny_llama, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(r["loss"] >= r["answer_loss"] for r in log)
     assert (tmp_path / "run" / "hypernet" / "model.safetensors").is_file()
+
+
+def test_partners_pair_different_documents_of_the_chosen_families():
+    rng = random.Random(0)
+    a, b = prose_example(rng, "train"), prose_example(rng, "train")
+    assert a.info["title"] != b.info["title"]
+    needle = needle_example(rng, "train", 20, 40)
+    assert partners([a, needle, b], {"prose"}).tolist() == [2, -1, 0]
+    assert partners([a, needle, a], {"prose"}).tolist() == [-1, -1, -1]  # the same article is no contrast
+    assert partners([a], {"prose"}).tolist() == [-1]
+
+
+def test_contrast_hinge_is_the_margin_for_equal_adapters_and_falls_when_own_reads_better(tiny_llama, make_lora):
+    rng = random.Random(4)
+    examples = [prose_example(rng, "train", p_single=1.0) for _ in range(2)]
+    batch = qa_batch(tiny_llama.tokenizer, examples)
+    lora = make_lora(tiny_llama.model, rank=4, scaling=1.0, seed=0)
+    same = LoRAAdapter({k: LoRAWeights(w.A[None].expand(2, -1, -1), w.B[None].expand(2, -1, -1))
+                        for k, w in lora.weights.items()}, lora.scaling)
+    pair = partners(examples, {"prose"})
+    own = answer_loss(tiny_llama.model, batch, same).row_losses
+    hinge, gap = contrast_loss(tiny_llama.model, batch, same, own, pair, margin=0.5)
+    assert gap.numel() == batch.input_ids.shape[0]
+    torch.testing.assert_close(gap, torch.zeros_like(gap), atol=1e-4, rtol=0)
+    assert hinge.item() == pytest.approx(0.5, abs=1e-4)
+    # own losses lower than the partner's by more than the margin: nothing left to push
+    hinge, gap = contrast_loss(tiny_llama.model, batch, same, own - 1.0, pair, margin=0.5)
+    assert hinge.item() == 0.0 and (gap > 0.5).all()
+    none, empty = contrast_loss(tiny_llama.model, batch, same, own, torch.tensor([-1, -1]), margin=0.5)
+    assert none.item() == 0.0 and empty.numel() == 0
+
+
+def test_a_contrast_run_logs_the_hinge_and_the_monitor_reports_the_own_text_gap(tiny_llama, tmp_path):
+    stage = Stage(name="prose", steps=2, batch_size=3,
+                  tasks=[TaskSpec(kind="prose", params={"p_single": 1.0}, weight=4), TaskSpec(kind="facts")])
+    config = TrainConfig(hypernet=TINY_HYPERNET, stages=[stage], warmup_steps=1, eval_every=2, eval_examples=4,
+                         checkpoint_every=2, contrast_weight=1.0, out_dir=str(tmp_path / "run"))
+    Trainer(config, base=tiny_llama).run()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    paired = [r for r in log if "contrast_hinge" in r]
+    assert paired and all(r["loss"] >= r["answer_loss"] and r["contrast_hinge"] >= 0 for r in paired)
+    assert isinstance(log[-1]["eval_gap_prose"], float)  # the held-out prose examples, asked with each other's
 
 
 def test_answer_scoring():

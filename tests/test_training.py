@@ -140,6 +140,37 @@ def test_widened_heads_generate_the_same_adapters_and_train_from_a_checkpoint(tm
         TrainConfig(stages=config.stages, widen_head_rank=16)
 
 
+def test_query_hops_start_as_one_pass_learn_and_load(tmp_path, tiny_llama):
+    torch.manual_seed(0)
+    hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
+    with torch.no_grad():
+        hypernet.heads.map_b.second.normal_()
+    states, mask = hypernet.encode(tiny_llama, [[5, 6, 7, 8], [9, 10, 11, 12]])
+    before = hypernet(states, mask)
+    hypernet.save_pretrained(tmp_path / "init")
+    after = hypernet.add_query_hops(3)(states, mask)
+    assert hypernet.config.query_hops == 3 and len(hypernet.trunk.hops) == 2
+    for name, w in before.weights.items():
+        torch.testing.assert_close(after.weights[name].A, w.A)
+        torch.testing.assert_close(after.weights[name].B, w.B)
+    with pytest.raises(ValueError, match="only add"):
+        hypernet.add_query_hops(3)
+    with torch.no_grad():  # trained later passes change what the queries pool
+        for hop in hypernet.trunk.hops:
+            hop.weight.normal_()
+    moved = hypernet(states, mask)
+    assert any(not torch.allclose(moved.weights[n].B, w.B) for n, w in before.weights.items())  # map_b is perturbed
+    config = _config(tmp_path, steps=2).model_copy(update={"init_from": str(tmp_path / "init"), "add_query_hops": 2})
+    Trainer(config, base=tiny_llama).run()
+    saved = DocToLoRA.from_pretrained(tmp_path / "run" / "hypernet", base=tiny_llama)
+    assert saved.config.query_hops == 2 and saved.trunk.hops[0].weight.abs().sum() > 0  # the new pass learned
+    with pytest.raises(ValueError, match="set init_from"):
+        TrainConfig(stages=config.stages, add_query_hops=2)
+    perceiver = DocToLoRA.for_base_model(tiny_llama, **{**TINY_HYPERNET, "trunk": "perceiver"})
+    with pytest.raises(ValueError, match="pooling-trunk"):
+        perceiver.add_query_hops(2)
+
+
 def test_distill_objective_runs(tmp_path, tiny_llama):
     trainer = Trainer(_config(tmp_path, steps=1, objective="distill", distill_top_k=4), base=tiny_llama)
     record = trainer.train_step()

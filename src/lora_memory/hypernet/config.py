@@ -41,6 +41,10 @@ class HypernetConfig(SavedConfig):
 
     # pooling trunk
     key_dim: int = Field(64, ge=1, description="Dimension of the pooling keys and queries.")
+    query_hops: int = Field(
+        1, ge=1, description="Pooling passes: after the first, each query adds a projection of what it pooled, "
+                             "so later passes look for what depends on this document."
+    )
     # perceiver trunk
     latent_dim: int = Field(256, ge=8, description="Perceiver latent size.")
     n_latents: int = Field(16, ge=1, description="Learned latent queries.")

@@ -28,7 +28,7 @@ from .encoding import encode_chunks
 from .heads import LoRAHeads
 from .pretrained import PretrainedHypernet
 from .targets import decoder_layers, find_targets
-from .trunks import build_trunk
+from .trunks import PoolingTrunk, build_trunk
 
 
 class DocToLoRA(PretrainedHypernet):
@@ -55,6 +55,19 @@ class DocToLoRA(PretrainedHypernet):
         self.heads.map_a.widen(head_rank)
         self.heads.map_b.widen(head_rank)
         self.config = self.config.model_copy(update={"head_rank": head_rank})
+        return self
+
+    def add_query_hops(self, query_hops: int) -> DocToLoRA:
+        """Give the pooling trunk ``query_hops`` passes in place, generating the same adapters as before (the new
+        passes start at zero, see ``PoolingTrunk.add_hops``); ``config.query_hops`` follows.
+
+        Raises:
+            ValueError: the trunk is not the pooling one, or ``query_hops`` adds no pass.
+        """
+        if not isinstance(self.trunk, PoolingTrunk):
+            raise ValueError("query hops are a pooling-trunk option")
+        self.trunk.add_hops(query_hops)
+        self.config = self.config.model_copy(update={"query_hops": query_hops})
         return self
 
     @classmethod

@@ -7,6 +7,9 @@
   top-k distribution on the teacher's own response tokens (D2L's objective).
 - :func:`keep_loss`: do no harm: on questions the document does not answer, the
   KL divergence from the bare model's distribution to the student's.
+- :func:`contrast_loss`: read the document: a hinge that asks each question's answer loss under its
+  own document's adapter to sit a margin below its loss under another document's adapter, so the
+  gradient keeps what depends on the document and cancels what every adapter shares (answer format).
 - :func:`l1_penalty`: the L1 penalty on generated A and B.
 
 Only positions with a target are projected to the vocabulary, which saves most
@@ -31,6 +34,7 @@ class LossOutput:
     loss: torch.Tensor
     token_accuracy: float
     exact: float  # fraction of rows whose every target token is the argmax
+    row_losses: torch.Tensor  # (M,) each row's mean loss over its target positions
 
 
 def _target_logits(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter | None
@@ -48,11 +52,16 @@ def _target_logits(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAda
     return logits, targets[sel], rows
 
 
-def _row_mean(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Mean over positions within each row, then over rows (long answers don't dominate)."""
+def _row_values(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Mean over positions within each row: (n_rows,)."""
     sums = torch.zeros(n_rows, device=values.device, dtype=values.dtype).index_add(0, rows, values)
     counts = torch.zeros(n_rows, device=values.device).index_add(0, rows, torch.ones_like(values))
-    return (sums / counts.clamp(min=1)).mean()
+    return sums / counts.clamp(min=1)
+
+
+def _row_mean(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Mean over positions within each row, then over rows (long answers don't dominate)."""
+    return _row_values(values, rows, n_rows).mean()
 
 
 def _accuracy(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int) -> tuple[float, float]:
@@ -65,8 +74,8 @@ def answer_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapte
     """Cross-entropy on the answer tokens, averaged per row then over rows."""
     logits, targets, rows = _target_logits(model, batch, adapter)
     n = batch.input_ids.shape[0]
-    loss = _row_mean(F.cross_entropy(logits, targets, reduction="none"), rows, n)
-    return LossOutput(loss, *_accuracy(logits, targets, rows, n))
+    per_row = _row_values(F.cross_entropy(logits, targets, reduction="none"), rows, n)
+    return LossOutput(per_row.mean(), *_accuracy(logits, targets, rows, n), per_row)
 
 
 def distill_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter | None,
@@ -84,8 +93,8 @@ def distill_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapt
     p_teacher = torch.softmax(teacher_logprobs.to(logits.device).float(), dim=-1)  # renormalise the top-k
     logp_student = torch.log_softmax(logits, dim=-1).gather(-1, teacher_ids.to(logits.device))
     n = batch.input_ids.shape[0]
-    loss = _row_mean(-(p_teacher * logp_student).sum(-1), rows, n)
-    return LossOutput(loss, *_accuracy(logits, targets, rows, n))
+    per_row = _row_values(-(p_teacher * logp_student).sum(-1), rows, n)
+    return LossOutput(per_row.mean(), *_accuracy(logits, targets, rows, n), per_row)
 
 
 def keep_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter) -> torch.Tensor:
@@ -100,6 +109,44 @@ def keep_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter)
     logp_bare = torch.log_softmax(bare, dim=-1)
     kl = (logp_bare.exp() * (logp_bare - torch.log_softmax(logits, dim=-1))).sum(-1)  # (P,)
     return _row_mean(kl, rows, batch.input_ids.shape[0])
+
+
+def swapped_rows(batch: StudentBatch, partner: torch.Tensor) -> tuple[StudentBatch, torch.Tensor]:
+    """The rows of ``batch`` whose example has a partner (``partner[e] >= 0``), asked with the partner's adapter
+    row instead of their own; and which rows of ``batch`` those are.
+    """
+    keep = partner[batch.row_example] >= 0
+    index = keep.nonzero().squeeze(-1)
+    swapped = StudentBatch(batch.input_ids[index], batch.attention_mask[index], batch.labels[index],
+                           partner[batch.row_example[index]])
+    return swapped, index
+
+
+def contrast_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter, own: torch.Tensor,
+                  partner: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hinge on the own-text gap, and the gap itself (detached, per swapped row).
+
+    Args:
+        model: the frozen base model.
+        batch: the student rows, each with its own example's adapter row (``row_example``).
+        adapter: the batched adapter, one row per example.
+        own: (M,) each row's answer loss under its own adapter (:attr:`LossOutput.row_losses`).
+        partner: (N,) for each example, the example whose adapter its questions are also asked with
+            (another document), or -1 for none.
+        margin: nats by which the own adapter's loss should be lower than the partner's.
+
+    Returns:
+        ``mean(relu(margin - (other - own)))`` over the rows that have a partner (0 when none do), and
+        ``other - own`` for those rows. Both losses carry gradients, so the term cancels what the two
+        adapters share and trains what differs.
+    """
+    swapped, index = swapped_rows(batch, partner)
+    if index.numel() == 0:
+        zero = own.sum() * 0
+        return zero, own.new_zeros(0)
+    other = answer_loss(model, swapped, adapter).row_losses
+    gap = other - own[index.to(own.device)]
+    return torch.relu(margin - gap).mean(), gap.detach()
 
 
 def l1_penalty(adapter: LoRAAdapter) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 STRICT = ConfigDict(extra="forbid")
+TaskKind = Literal["needle", "facts", "prose"]
 
 
 class TaskSpec(BaseModel):
@@ -16,7 +17,7 @@ class TaskSpec(BaseModel):
 
     model_config = STRICT
 
-    kind: Literal["needle", "facts", "prose"]
+    kind: TaskKind
     weight: float = Field(1.0, gt=0, description="Relative sampling weight within the stage.")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the generator.")
 
@@ -43,6 +44,10 @@ class TrainConfig(BaseModel):
     widen_head_rank: int | None = Field(
         None, ge=1, description="With init_from: widen its head maps to this rank first (the same adapters at step 0)."
     )
+    add_query_hops: int | None = Field(
+        None, ge=2, description="With init_from: give its pooling trunk this many passes first (the same adapters "
+                                "at step 0)."
+    )
     stages: list[Stage]
     objective: Literal["answer_ce", "distill"] = Field(
         "answer_ce", description="answer_ce: CE on the known answers; distill: match the in-context teacher."
@@ -61,6 +66,15 @@ class TrainConfig(BaseModel):
         0.0, ge=0, description="Weight of the do-no-harm term: on questions the document does not answer, "
                                "KL from the bare model's distribution to the student's (prose examples' keep rows)."
     )
+    contrast_weight: float = Field(
+        0.0, ge=0, description="Weight of the read-the-document hinge: each question's answer loss under its own "
+                               "document's adapter should sit contrast_margin nats below its loss under another "
+                               "document's adapter from the same batch (examples of contrast_kinds)."
+    )
+    contrast_margin: float = Field(1.0, gt=0, description="Margin of the read-the-document hinge, in nats.")
+    contrast_kinds: list[TaskKind] = Field(
+        default_factory=lambda: list[TaskKind](["prose"]), description="Task families whose examples are paired for the hinge."
+    )
     seed: int = 0
     out_dir: str = Field("runs/d2l", description="Checkpoints, logs and the final hypernetwork.")
     checkpoint_every: int = Field(50, ge=1)
@@ -77,6 +91,9 @@ class TrainConfig(BaseModel):
             raise ValueError("stages: at least one stage is required")
         if self.widen_head_rank and not self.init_from:
             raise ValueError("widen_head_rank widens a saved hypernetwork: set init_from too")
+        if self.add_query_hops and not self.init_from:
+            raise ValueError("add_query_hops grows a saved hypernetwork: set init_from too (or set "
+                             "hypernet.query_hops for a fresh one)")
         return self
 
     @property

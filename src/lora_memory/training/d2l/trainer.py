@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +28,7 @@ from ...base import LoadedModel, load_base_model
 from ...hypernet import DocToLoRA, HypernetConfig
 from ..checkpoint import read_state, restore_optimizer, save_checkpoint
 from ..diagnostics import adapter_spread
-from ..objectives import LossOutput, answer_loss, distill_loss, keep_loss, l1_penalty
+from ..objectives import LossOutput, answer_loss, contrast_loss, distill_loss, keep_loss, l1_penalty, swapped_rows
 from .batching import chunk_examples, qa_batch
 from .config import Stage, TrainConfig
 from .data import Example, Split, make_example
@@ -94,37 +95,69 @@ def generate_adapters(hypernet: DocToLoRA, base: LoadedModel, examples: list[Exa
     return compose_rows((forward or hypernet)(states, mask), groups, bias)
 
 
+def partners(examples: list[Example], kinds: Collection[str]) -> torch.Tensor:
+    """For each example, another example of a family in ``kinds`` about a different document (the next one
+    in the batch, cyclically), or -1: whose adapter its questions are also asked with by the hinge.
+    """
+    partner = [-1] * len(examples)
+    pool = [i for i, ex in enumerate(examples) if ex.kind in kinds]
+    for j, i in enumerate(pool):
+        for other in pool[j + 1:] + pool[:j]:
+            if examples[other].info.get("title", examples[other].document) != \
+                    examples[i].info.get("title", examples[i].document):
+                partner[i] = other
+                break
+    return torch.tensor(partner, dtype=torch.long)
+
+
 def compute_loss(hypernet: DocToLoRA, base: LoadedModel, examples: list[Example], config: TrainConfig,
-                 teacher: Teacher | None, forward: torch.nn.Module | None = None) -> tuple[torch.Tensor, LossOutput]:
+                 teacher: Teacher | None, forward: torch.nn.Module | None = None
+                 ) -> tuple[torch.Tensor, LossOutput, dict[str, float]]:
+    """The step's loss, the main objective's output, and the extra terms' values for the log."""
     adapter = generate_adapters(hypernet, base, examples, forward)
+    extra: dict[str, float] = {}
     if config.objective == "distill":
         assert teacher is not None, "the distill objective needs a teacher"
         batch, ids, logprobs = teacher.student_batch(examples)
         out = distill_loss(base.model, batch, adapter, ids, logprobs)
     else:
-        out = answer_loss(base.model, qa_batch(base.tokenizer, examples), adapter)
+        batch = qa_batch(base.tokenizer, examples)
+        out = answer_loss(base.model, batch, adapter)
     loss = out.loss + config.l1_weight * l1_penalty(adapter) if config.l1_weight else out.loss
     if config.keep_weight and any(ex.info.get("keep") for ex in examples):
         loss = loss + config.keep_weight * keep_loss(base.model, qa_batch(base.tokenizer, examples, keep=True), adapter)
-    return loss, out
+    if config.contrast_weight:
+        hinge, gap = contrast_loss(base.model, batch, adapter, out.row_losses,
+                                   partners(examples, config.contrast_kinds), config.contrast_margin)
+        loss = loss + config.contrast_weight * hinge
+        if gap.numel():
+            extra = {"contrast_hinge": hinge.item(), "own_text_gap": gap.mean().item()}
+    return loss, out, extra
 
 
 @torch.no_grad()
 def evaluate(hypernet: DocToLoRA, base: LoadedModel, config: TrainConfig, step: int) -> dict[str, float]:
     """Held-out answer loss, teacher-forced exact match (overall and per task family, ``eval_exact_<kind>``, so a
-    mix's families can be told apart), and the collapse diagnostics.
+    mix's families can be told apart), the own-text gap per family (``eval_gap_<kind>``: a question's answer
+    loss under another document's adapter minus under its own, in nats), and the collapse diagnostics.
     """
     hypernet.eval()
     stage = config.stage_at(step)
     examples = sample_examples(stage, config.seed, 0, "heldout", config.eval_examples)
     losses, exact, acc, sizes, kinds = [], [], [], [], []
     adapters = []
+    gaps: dict[str, list[float]] = {}
     for kind in dict.fromkeys(ex.kind for ex in examples):
         of_kind = [ex for ex in examples if ex.kind == kind]
         for i in range(0, len(of_kind), stage.batch_size):
             group = of_kind[i:i + stage.batch_size]
             adapter = generate_adapters(hypernet, base, group)
-            out = answer_loss(base.model, qa_batch(base.tokenizer, group), adapter)
+            batch = qa_batch(base.tokenizer, group)
+            out = answer_loss(base.model, batch, adapter)
+            swapped, index = swapped_rows(batch, partners(group, {kind}))
+            if index.numel():
+                other = answer_loss(base.model, swapped, adapter).row_losses
+                gaps.setdefault(kind, []).extend((other - out.row_losses[index]).tolist())
             losses.append(out.loss.item())
             exact.append(out.exact)
             acc.append(out.token_accuracy)
@@ -140,6 +173,7 @@ def evaluate(hypernet: DocToLoRA, base: LoadedModel, config: TrainConfig, step: 
         return sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
 
     per_kind = {f"eval_exact_{kind}": mean(exact, kind) for kind in dict.fromkeys(kinds)}
+    per_kind.update({f"eval_gap_{kind}": sum(g) / len(g) for kind, g in gaps.items()})
     return {"eval_loss": mean(losses), "eval_exact": mean(exact), "eval_token_acc": mean(acc), **per_kind, **spread}
 
 
@@ -166,6 +200,8 @@ class Trainer:
                 self.hypernet = DocToLoRA.from_pretrained(config.init_from, base=self.base)
                 if config.widen_head_rank:
                     self.hypernet.widen_heads(config.widen_head_rank)
+                if config.add_query_hops:
+                    self.hypernet.add_query_hops(config.add_query_hops)
             else:
                 torch.manual_seed(config.seed)
                 self.hypernet = DocToLoRA.for_base_model(self.base, HypernetConfig(**config.hypernet))
@@ -195,7 +231,7 @@ class Trainer:
         torch.manual_seed(config.seed * 1_000_003 + step)
         worker = self.accelerator.process_index if self.accelerator else 0
         examples = sample_examples(stage, config.seed, step, "train", stage.batch_size, worker)
-        loss, out = compute_loss(self.hypernet, self.base, examples, config, self.teacher, self.forward)
+        loss, out, extra = compute_loss(self.hypernet, self.base, examples, config, self.teacher, self.forward)
         self.optimizer.zero_grad(set_to_none=True)
         if self.accelerator:
             self.accelerator.backward(loss)
@@ -206,7 +242,7 @@ class Trainer:
         self.hypernet.invalidate_fingerprint()
         self.step += 1
         return {"step": self.step, "stage": stage.name, "lr": lr, "loss": loss.item(), "answer_loss": out.loss.item(),
-                "exact": out.exact, "token_acc": out.token_accuracy, "grad_norm": grad_norm}
+                "exact": out.exact, "token_acc": out.token_accuracy, "grad_norm": grad_norm, **extra}
 
     @property
     def is_main(self) -> bool:
