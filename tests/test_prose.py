@@ -189,6 +189,8 @@ def test_a_contrast_run_logs_the_hinge_and_the_monitor_reports_the_own_text_gap(
     paired = [r for r in log if "contrast_hinge" in r]
     assert paired and all(r["loss"] >= r["answer_loss"] and r["contrast_hinge"] >= 0 for r in paired)
     assert isinstance(log[-1]["eval_gap_prose"], float)  # the held-out prose examples, asked with each other's
+    with pytest.raises(ValueError, match="answer_ce"):
+        TrainConfig(stages=[stage], contrast_weight=1.0, objective="distill")
 
 
 def test_answer_scoring():

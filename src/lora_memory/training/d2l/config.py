@@ -73,7 +73,7 @@ class TrainConfig(BaseModel):
     )
     contrast_margin: float = Field(1.0, gt=0, description="Margin of the read-the-document hinge, in nats.")
     contrast_kinds: list[TaskKind] = Field(
-        default_factory=lambda: list[TaskKind](["prose"]), description="Task families whose examples are paired for the hinge."
+        ["prose"], description="Task families whose examples are paired for the hinge."
     )
     seed: int = 0
     out_dir: str = Field("runs/d2l", description="Checkpoints, logs and the final hypernetwork.")
@@ -91,6 +91,8 @@ class TrainConfig(BaseModel):
             raise ValueError("stages: at least one stage is required")
         if self.widen_head_rank and not self.init_from:
             raise ValueError("widen_head_rank widens a saved hypernetwork: set init_from too")
+        if self.contrast_weight and self.objective != "answer_ce":
+            raise ValueError("contrast_weight compares answer losses: it needs objective 'answer_ce'")
         if self.add_query_hops and not self.init_from:
             raise ValueError("add_query_hops grows a saved hypernetwork: set init_from too (or set "
                              "hypernet.query_hops for a fresh one)")

@@ -28,7 +28,7 @@ from ...base import LoadedModel, load_base_model
 from ...hypernet import DocToLoRA, HypernetConfig
 from ..checkpoint import read_state, restore_optimizer, save_checkpoint
 from ..diagnostics import adapter_spread
-from ..objectives import LossOutput, answer_loss, contrast_loss, distill_loss, keep_loss, l1_penalty, swapped_rows
+from ..objectives import LossOutput, answer_loss, contrast_loss, distill_loss, keep_loss, l1_penalty
 from .batching import chunk_examples, qa_batch
 from .config import Stage, TrainConfig
 from .data import Example, Split, make_example
@@ -99,14 +99,11 @@ def partners(examples: list[Example], kinds: Collection[str]) -> torch.Tensor:
     """For each example, another example of a family in ``kinds`` about a different document (the next one
     in the batch, cyclically), or -1: whose adapter its questions are also asked with by the hinge.
     """
+    source = [ex.info.get("title", ex.document) for ex in examples]
     partner = [-1] * len(examples)
     pool = [i for i, ex in enumerate(examples) if ex.kind in kinds]
     for j, i in enumerate(pool):
-        for other in pool[j + 1:] + pool[:j]:
-            if examples[other].info.get("title", examples[other].document) != \
-                    examples[i].info.get("title", examples[i].document):
-                partner[i] = other
-                break
+        partner[i] = next((other for other in pool[j + 1:] + pool[:j] if source[other] != source[i]), -1)
     return torch.tensor(partner, dtype=torch.long)
 
 
@@ -154,10 +151,10 @@ def evaluate(hypernet: DocToLoRA, base: LoadedModel, config: TrainConfig, step: 
             adapter = generate_adapters(hypernet, base, group)
             batch = qa_batch(base.tokenizer, group)
             out = answer_loss(base.model, batch, adapter)
-            swapped, index = swapped_rows(batch, partners(group, {kind}))
-            if index.numel():
-                other = answer_loss(base.model, swapped, adapter).row_losses
-                gaps.setdefault(kind, []).extend((other - out.row_losses[index]).tolist())
+            _, gap = contrast_loss(base.model, batch, adapter, out.row_losses, partners(group, {kind}),
+                                   config.contrast_margin)
+            if gap.numel():
+                gaps.setdefault(kind, []).extend(gap.tolist())
             losses.append(out.loss.item())
             exact.append(out.exact)
             acc.append(out.token_accuracy)
