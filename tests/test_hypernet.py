@@ -112,7 +112,7 @@ def test_encode_equals_hidden_states_of_a_full_pass(tiny_base, input_layer):
     hypernet = _hypernet(tiny_base, input_layer=input_layer)
     rows = [c.token_ids for c in chunk_text(tiny_base.tokenizer, DOC, 32)[:3]]
     rows[1] = rows[1][:7]  # rows of different lengths: padding must not leak into real positions
-    states, mask = hypernet.encode(tiny_base, rows)
+    states, mask, _ = hypernet.encode(tiny_base, rows)
     layers = [input_layer] if input_layer is not None else hypernet.config.layers
     assert states.shape[:2] == (3, len(layers))
     for i, row in enumerate(rows):
@@ -170,7 +170,7 @@ def test_gradients_reach_every_hypernet_weight(tiny_llama):
     """The training path: base states -> hypernet -> hooks -> loss, gradients back into the hypernet."""
     hypernet = _perturb(_hypernet(tiny_llama, trunk="perceiver", input_layer=None)).train()
     chunks = chunk_text(tiny_llama.tokenizer, DOC, 32)[:2]
-    states, mask = hypernet.encode(tiny_llama, [c.token_ids for c in chunks])
+    states, mask, _ = hypernet.encode(tiny_llama, [c.token_ids for c in chunks])
     adapter = hypernet(states, mask)  # batched: one adapter per chunk
     questions = tiny_llama.tokenizer(["Who keeps it?", "When is the ferry?"], padding=True,
                                      return_tensors="pt").input_ids
@@ -268,3 +268,24 @@ def test_config_round_trip_and_unknown_keys(tiny_llama, caplog):
 def test_invalid_configs_name_the_field(tiny_llama, overrides, field):
     with pytest.raises((ValueError, IncompatibleAdapterError), match=field):
         DocToLoRA.for_base_model(tiny_llama, **{**TINY, "input_layer": 2, **overrides})
+
+
+def test_pooling_trunk_key_rows_are_each_b_rows_weights_one_token_back(tiny_llama):
+    from lora_memory.hypernet.trunks import PoolingTrunk
+
+    torch.manual_seed(0)
+    hypernet = DocToLoRA.for_base_model(tiny_llama, target_layers=[1, 2], input_layer=1, rank=4, head_rank=8,
+                                        key_dim=16, activation_keys=True)
+    trunk = hypernet.trunk
+    assert isinstance(trunk, PoolingTrunk)
+    states, mask, _ = hypernet.encode(tiny_llama, [[5, 6, 7, 8, 9], [10, 11, 12]])
+    N, T = mask.shape
+    positions = torch.eye(T).expand(N, 2, T, T)  # acts = one-hot positions: a key row is a weight per token
+    _, keys = trunk(states, mask, positions)
+    x = trunk.norm(states)
+    q = trunk.queries.reshape(1, 2, -1, trunk.queries.shape[-1]).expand(N, -1, -1, -1)
+    _, attn = trunk._pool(q, trunk.key(x), x, mask)
+    b_weights = attn[:, :, 4:]  # the B half of the 2r queries
+    assert keys is not None
+    torch.testing.assert_close(keys[..., :-1], b_weights[..., 1:])
+    assert torch.all(keys[..., -1] == 0)  # no token after the last one

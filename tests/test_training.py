@@ -11,6 +11,7 @@ from lora_memory.adapter import LoRAAdapter, compose_rows
 from lora_memory.evaluation.d2l import EvalConfig, density_markdown, evaluate_density, evaluate_hypernet
 from lora_memory.evaluation.scoring import contains, exact_match
 from lora_memory.hypernet import DocToLoRA
+from lora_memory.hypernet.encoding import chat_wrap_ids
 from lora_memory.training.d2l.baseline import distill_document
 from lora_memory.training.d2l.batching import chunk_examples, qa_batch
 from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
@@ -58,7 +59,7 @@ def test_training_composition_counts_the_hypernet_bias_once(tiny_llama):
     token_ids, groups = chunk_examples(tiny_llama.tokenizer, examples, 32)
     assert len(groups[0]) > 1 and len(groups[1]) == 1
     with torch.no_grad():
-        states, mask = hypernet.encode(tiny_llama, token_ids)
+        states, mask, _ = hypernet.encode(tiny_llama, token_ids)
         per_chunk = hypernet(states, mask)
         rows = compose_rows(per_chunk, groups, hypernet.bias_adapter()).unbatch()
         singles = per_chunk.unbatch()
@@ -77,7 +78,7 @@ def test_answer_loss_is_zero_gradient_free_at_init_and_learns(tiny_llama):
     examples = [needle_example(random.Random(i), "train") for i in range(2)]
     batch = qa_batch(tiny_llama.tokenizer, examples)
     token_ids, groups = chunk_examples(tiny_llama.tokenizer, examples, 32)
-    states, mask = hypernet.encode(tiny_llama, token_ids)
+    states, mask, _ = hypernet.encode(tiny_llama, token_ids)
     adapter = compose_rows(hypernet(states, mask), groups)
     with_adapter = answer_loss(tiny_llama.model, batch, adapter).loss
     without = answer_loss(tiny_llama.model, batch, None).loss
@@ -118,7 +119,7 @@ def test_widened_heads_generate_the_same_adapters_and_train_from_a_checkpoint(tm
     hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
     with torch.no_grad():  # a trained-looking map (the second factor starts at zero)
         hypernet.heads.map_b.second.normal_()
-    states, mask = hypernet.encode(tiny_llama, [[5, 6, 7, 8], [9, 10, 11, 12]])
+    states, mask, _ = hypernet.encode(tiny_llama, [[5, 6, 7, 8], [9, 10, 11, 12]])
     before = hypernet(states, mask)
     hypernet.save_pretrained(tmp_path / "init")
     hypernet.widen_heads(16)
@@ -145,7 +146,7 @@ def test_query_hops_start_as_one_pass_learn_and_load(tmp_path, tiny_llama):
     hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
     with torch.no_grad():
         hypernet.heads.map_b.second.normal_()
-    states, mask = hypernet.encode(tiny_llama, [[5, 6, 7, 8], [9, 10, 11, 12]])
+    states, mask, _ = hypernet.encode(tiny_llama, [[5, 6, 7, 8], [9, 10, 11, 12]])
     before = hypernet(states, mask)
     hypernet.save_pretrained(tmp_path / "init")
     after = hypernet.add_query_hops(3)(states, mask)
@@ -169,6 +170,54 @@ def test_query_hops_start_as_one_pass_learn_and_load(tmp_path, tiny_llama):
     perceiver = DocToLoRA.for_base_model(tiny_llama, **{**TINY_HYPERNET, "trunk": "perceiver"})
     with pytest.raises(ValueError, match="pooling-trunk"):
         perceiver.add_query_hops(2)
+
+
+def test_activation_keys_capture_the_target_inputs_start_at_zero_learn_and_load(tmp_path, tiny_llama):
+    torch.manual_seed(0)
+    hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
+    with torch.no_grad():
+        hypernet.heads.map_b.second.normal_()
+    rows = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]
+    before = hypernet(*hypernet.encode(tiny_llama, rows))
+    hypernet.save_pretrained(tmp_path / "init")
+    hypernet.add_activation_keys()
+    encoded = hypernet.encode(tiny_llama, rows)
+    assert encoded.acts is not None
+    n_layers, d_in = len(hypernet.config.layers), hypernet.config.module_d_in
+    assert encoded.acts.shape[:2] == (2, n_layers) and encoded.acts.shape[-1] == d_in
+    # the captured inputs are the target modules' own: what a hook on layer 2's down_proj sees for the wrapped chunk
+    prefix, suffix = chat_wrap_ids(tiny_llama.tokenizer)
+    wrapped = prefix + rows[1] + suffix
+    seen: list[torch.Tensor] = []
+    module = tiny_llama.model.get_submodule(hypernet.config.module_name(2))
+    handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0]) and None)
+    try:
+        with torch.no_grad():
+            tiny_llama.model(input_ids=torch.tensor([wrapped]))
+    finally:
+        handle.remove()
+    torch.testing.assert_close(encoded.acts[1, 1, :len(wrapped)], seen[0][0])
+    after = hypernet(*encoded)
+    for name, w in before.weights.items():  # a zero key gain: the same adapters
+        torch.testing.assert_close(after.weights[name].A, w.A)
+        torch.testing.assert_close(after.weights[name].B, w.B)
+    with pytest.raises(ValueError, match="already"):
+        hypernet.add_activation_keys()
+    with pytest.raises(ValueError, match="come together"):
+        hypernet(encoded.states, encoded.mask)
+    with torch.no_grad():
+        hypernet.heads.key_gain.fill_(1.0)
+    moved = hypernet(*encoded)
+    assert all(not torch.allclose(moved.weights[n].A, w.A) for n, w in before.weights.items())
+    config = _config(tmp_path, steps=2).model_copy(update={"init_from": str(tmp_path / "init"),
+                                                           "add_activation_keys": True})
+    Trainer(config, base=tiny_llama).run()
+    saved = DocToLoRA.from_pretrained(tmp_path / "run" / "hypernet", base=tiny_llama)
+    assert saved.config.activation_keys and saved.heads.key_gain.abs().sum() > 0  # the gain learned
+    with pytest.raises(ValueError, match="set init_from"):
+        TrainConfig(stages=config.stages, add_activation_keys=True)
+    with pytest.raises(ValueError, match="pooling-trunk"):
+        DocToLoRA.for_base_model(tiny_llama, **{**TINY_HYPERNET, "trunk": "perceiver", "activation_keys": True})
 
 
 def test_distill_objective_runs(tmp_path, tiny_llama):

@@ -45,6 +45,12 @@ class HypernetConfig(SavedConfig):
         1, ge=1, description="Pooling passes: after the first, each query adds a projection of what it pooled, "
                              "so later passes look for what depends on this document."
     )
+    activation_keys: bool = Field(
+        False, description="Also key each B row's slot on the target module's own input one token before the "
+                           "tokens that B row pooled (pooling trunk): an A row that lives where the question's "
+                           "activations do, bound to the value its B row writes. Runs the encoder to the deepest "
+                           "target layer instead of input_layer."
+    )
     # perceiver trunk
     latent_dim: int = Field(256, ge=8, description="Perceiver latent size.")
     n_latents: int = Field(16, ge=1, description="Learned latent queries.")
@@ -70,6 +76,8 @@ class HypernetConfig(SavedConfig):
 
     @model_validator(mode="after")
     def _check(self) -> HypernetConfig:
+        if self.activation_keys and self.trunk != "pooling":
+            raise ValueError("activation_keys is a pooling-trunk option")
         if self.trunk == "perceiver" and self.latent_dim % self.n_heads:
             raise ValueError(f"latent_dim ({self.latent_dim}) must be divisible by n_heads ({self.n_heads})")
         if self.base_num_layers is not None:
@@ -100,7 +108,11 @@ class HypernetConfig(SavedConfig):
 
     @property
     def encoder_depth(self) -> int:
-        """How many base-model layers the encoder pass must run."""
+        """How many base-model layers the encoder pass must run (into the deepest target layer with
+        ``activation_keys``).
+        """
+        if self.activation_keys:
+            return max(self.layers) + 1
         if self.input_layer is not None:
             return self.input_layer
         return max(self.layers)  # hidden_states[i] is the input of layer i

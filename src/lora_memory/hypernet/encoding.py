@@ -4,12 +4,14 @@ Only the layers the hypernetwork needs are run: forward pre-hooks capture the
 residual stream entering each needed layer (``hidden_states[i]`` in
 transformers' terms) and stop the pass after the deepest one, so the early-exit
 variant (layer 8 of 30 by default) costs about a quarter of a full forward pass.
+With ``activation_keys`` the target modules' own inputs are captured too, so the
+pass runs into the deepest target layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -40,13 +42,25 @@ def chat_wrap_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[i
     return cached
 
 
-def encode_chunks(base: LoadedModel, token_ids: list[list[int]], config: HypernetConfig
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token states (N, S, T, H) entering the needed layers, and the mask (N, T) of real tokens.
+class EncodedChunks(NamedTuple):
+    """What the hypernetwork reads from a batch of chunks.
+
+    ``states`` (N, S, T, H): the residual stream entering the needed layers; ``mask`` (N, T): the real tokens;
+    ``acts`` (N, L, T, d_in): each target module's input, only with ``config.activation_keys`` (else None).
+    """
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    acts: torch.Tensor | None = None
+
+
+def encode_chunks(base: LoadedModel, token_ids: list[list[int]], config: HypernetConfig) -> EncodedChunks:
+    """Run the frozen base model over chunks only as far as the hypernetwork needs.
 
     S is 1 with ``config.input_layer`` set (early exit) and the number of target
     layers otherwise. Chunks are right-padded; padded positions never influence
-    real ones (causal attention) and are masked for the hypernetwork.
+    real ones (causal attention) and are masked for the hypernetwork. The pass
+    stops once every needed activation is captured.
     """
     prefix, suffix = chat_wrap_ids(base.tokenizer) if config.chat_wrap else ([], [])
     rows = [prefix + list(ids) + suffix for ids in token_ids]
@@ -55,34 +69,41 @@ def encode_chunks(base: LoadedModel, token_ids: list[list[int]], config: Hyperne
 
     needed = [config.input_layer] if config.input_layer is not None else config.layers
     _, stack = decoder_layers(base.model)
+    full_pass = max(needed) >= len(stack)  # the final layer's output is not any layer's input
     captured: dict[int, torch.Tensor] = {}
-    deepest = max(needed)
+    acts: dict[int, torch.Tensor] = {}
+    n_hooked = sum(i < len(stack) for i in needed) + (len(config.layers) if config.activation_keys else 0)
     handles = []
 
-    def make_hook(i: int) -> Callable[..., None]:
+    def make_hook(store: dict[int, torch.Tensor], i: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            captured[i] = args[0] if args else kwargs["hidden_states"]
-            if i == deepest:
+            store[i] = args[0] if args else kwargs["hidden_states"]
+            if not full_pass and len(captured) + len(acts) == n_hooked:
                 raise _StopForward
 
         return hook
 
     for i in needed:
         if i < len(stack):
-            handles.append(stack[i].register_forward_pre_hook(make_hook(i), with_kwargs=True))
+            handles.append(stack[i].register_forward_pre_hook(make_hook(captured, i), with_kwargs=True))
+    if config.activation_keys:
+        for i in config.layers:
+            module = stack[i].get_submodule(config.target_module)
+            handles.append(module.register_forward_pre_hook(make_hook(acts, i), with_kwargs=True))
     try:
         with torch.no_grad():
-            if deepest < len(stack):
-                try:
-                    base.model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
-                except _StopForward:
-                    pass
-            else:  # the final layer's output: a full pass
+            try:
                 out = base.model(input_ids=ids, attention_mask=mask.long(), use_cache=False,
-                                 output_hidden_states=True)
-                captured[deepest] = out.hidden_states[deepest]
+                                 output_hidden_states=full_pass)
+            except _StopForward:
+                pass
+            else:
+                for i in needed:
+                    if i >= len(stack):
+                        captured[i] = out.hidden_states[i]
     finally:
         for h in handles:
             h.remove()
     states = torch.stack([captured[i] for i in needed], dim=1)  # (N, S, T, H)
-    return states, mask
+    keys = torch.stack([acts[i] for i in config.layers], dim=1) if config.activation_keys else None
+    return EncodedChunks(states, mask, keys)

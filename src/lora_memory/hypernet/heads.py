@@ -8,6 +8,11 @@ checkpoint small. ``bias_B`` starts at zero and either the maps' second factor
 (``zero_map``) or ``scale_B`` (``zero_b_scaler``, as in D2L) starts at zero, so
 the generated adapter is a no-op at initialisation. The bias rows carry the
 document-independent part of every adapter (D2L's "bias LoRA").
+
+With key rows from the trunk (``activation_keys``), A also gets
+``key_gain[l] * rmsnorm(key[l, j])``: the target module's own input where the
+document said what B[:, j] writes. ``key_gain`` starts at zero, so adding it to a
+trained checkpoint keeps its adapters.
 """
 
 from __future__ import annotations
@@ -71,11 +76,35 @@ class LoRAHeads(nn.Module):
         self.bias_b = nn.Parameter(torch.zeros(L, r, d_out))
         self.scale_a = nn.Parameter(torch.ones(L, r, 1))
         self.scale_b = nn.Parameter(torch.ones(L, r, 1) if zero_map else torch.zeros(L, r, 1))
+        self.key_gain: nn.Parameter | None = None
+        if config.activation_keys:
+            self.add_key_gain()
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Chunk embeddings (N, L, 2, D) -> per-layer ``A`` (N, L, r, d_in) and ``B`` (N, L, d_out, r)."""
+    @torch.no_grad()
+    def add_key_gain(self) -> None:
+        """Start reading key rows, with a zero gain (the adapters do not change until it is trained).
+
+        Raises:
+            ValueError: the heads already read key rows.
+        """
+        if self.key_gain is not None:
+            raise ValueError("the heads already read key rows")
+        L, _, d_in = self.bias_a.shape
+        self.key_gain = nn.Parameter(self.bias_a.new_zeros(L, 1, d_in))
+
+    def forward(self, z: torch.Tensor, keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chunk embeddings (N, L, 2, r, D) and key rows (N, L, r, d_in) or None -> per-layer ``A``
+        (N, L, r, d_in) and ``B`` (N, L, d_out, r).
+
+        Raises:
+            ValueError: key rows were given to heads without a key gain, or none to heads with one.
+        """
+        if (keys is None) != (self.key_gain is None):
+            raise ValueError("key rows and the heads' key gain come together (config.activation_keys)")
         if self.l2:
             z = F.normalize(z, dim=-1)
         a = self.bias_a + self.scale_a * self.map_a(z[:, :, 0])  # (N, L, r, d_in)
+        if keys is not None and self.key_gain is not None:
+            a = a + self.key_gain * F.rms_norm(keys, (keys.shape[-1],))
         b = self.bias_b + self.scale_b * self.map_b(z[:, :, 1])  # (N, L, r, d_out)
         return a, b.transpose(-1, -2)  # B is (d_out, r) per layer

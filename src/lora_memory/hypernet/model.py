@@ -24,7 +24,7 @@ from ..base import LoadedModel
 from ..chunking import Chunk, chunk_text
 from ..errors import IncompatibleAdapterError
 from .config import HypernetConfig
-from .encoding import encode_chunks
+from .encoding import EncodedChunks, encode_chunks
 from .heads import LoRAHeads
 from .pretrained import PretrainedHypernet
 from .targets import decoder_layers, find_targets
@@ -70,6 +70,19 @@ class DocToLoRA(PretrainedHypernet):
         self.config = self.config.model_copy(update={"query_hops": query_hops})
         return self
 
+    def add_activation_keys(self) -> DocToLoRA:
+        """Key each B row's slot on the target modules' own inputs too, in place (``config.activation_keys``),
+        generating the same adapters as before (the heads' key gain starts at zero).
+
+        Raises:
+            ValueError: the trunk is not the pooling one, or the keys are already on.
+        """
+        if not isinstance(self.trunk, PoolingTrunk):
+            raise ValueError("activation keys are a pooling-trunk option")
+        self.heads.add_key_gain()
+        self.config = self.config.model_copy(update={"activation_keys": True})
+        return self
+
     @classmethod
     def for_base_model(cls, base: LoadedModel, config: HypernetConfig | None = None, **overrides: Any) -> DocToLoRA:
         """A freshly initialised hypernetwork sized for ``base`` (dimensions discovered, not hard-coded).
@@ -105,17 +118,21 @@ class DocToLoRA(PretrainedHypernet):
         return cls(bound)
 
     # ------------------------------------------------------------- forward
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> LoRAAdapter:
-        """Token states (N, S, T, H) and mask (N, T) -> a batched adapter with N rows."""
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None) -> LoRAAdapter:
+        """Token states (N, S, T, H), mask (N, T) and, with ``config.activation_keys``, the target modules'
+        inputs (N, L, T, d_in) -> a batched adapter with N rows (what :meth:`encode` returns, unpacked).
+        """
         dtype = next(self.parameters()).dtype
-        z = self.trunk(states.to(dtype), mask)  # (N, L, 2, r, D)
-        a, b = self.heads(z)  # (N, L, r, d_in), (N, L, d_out, r)
+        z, keys = self.trunk(states.to(dtype), mask, acts)  # (N, L, 2, r, D), (N, L, r, d_in) or None
+        a, b = self.heads(z, keys)  # (N, L, r, d_in), (N, L, d_out, r)
         weights = {self.config.module_name(layer): LoRAWeights(a[:, i], b[:, i])
                    for i, layer in enumerate(self.config.layers)}
         return LoRAAdapter(weights, self.config.scaling, self._metadata())
 
-    def encode(self, base: LoadedModel, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Base-model token states (N, S, T, H) and mask (N, T) for chunks given as token ids."""
+    def encode(self, base: LoadedModel, token_ids: list[list[int]]) -> EncodedChunks:
+        """What the hypernetwork reads (:class:`~lora_memory.hypernet.encoding.EncodedChunks`) for chunks given
+        as token ids; ``self(*encoded)`` turns it into adapters.
+        """
         self.check_base(base)
         return encode_chunks(base, token_ids, self.config)
 
@@ -127,8 +144,7 @@ class DocToLoRA(PretrainedHypernet):
         for start in tqdm(batches, desc="internalizing", unit="batch", disable=not progress or len(batches) < 2):
             group = chunks[start:start + batch_size]
             with torch.inference_mode():
-                states, mask = self.encode(base, [c.token_ids for c in group])
-                adapter = self(states, mask)
+                adapter = self(*self.encode(base, [c.token_ids for c in group]))
             for chunk, single in zip(group, adapter.unbatch()):
                 single.metadata = {**single.metadata, "chunk_index": chunk.index}
                 out.append(single)

@@ -9,7 +9,9 @@ input, S = L for each target layer's own input) and a padding ``mask`` (N, T) to
   and return the attention-weighted token states themselves. A CPU experiment
   showed it learns needle retrieval in minutes where the Perceiver collapsed.
   With ``query_hops > 1`` it pools again with queries that add a projection of
-  what they pooled, so the queries depend on the document.
+  what they pooled, so the queries depend on the document. With
+  ``activation_keys`` it also pools the target modules' own inputs, one token
+  before each B row's tokens (key rows for the heads).
 - :class:`PerceiverTrunk` is the reference D2L design: latents cross-attend over
   the projected context, then a decoder with one query per rank row reads them.
 """
@@ -60,29 +62,39 @@ class PoolingTrunk(nn.Module):
             nn.init.zeros_(hop.weight)
             self.hops.append(hop)
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Token states (N, S, T, H) and mask (N, T) -> chunk embeddings."""
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token states (N, S, T, H) and mask (N, T) -> chunk embeddings (N, L, 2, r, H).
+
+        With ``acts`` (N, L, T, d_in), the target modules' inputs, also returns the key rows (N, L, r, d_in):
+        each B row's attention over the tokens, moved one token back, pools those inputs. So a slot's key is
+        the activation that predicts the token its B row read.
+        """
         N, S, T, H = states.shape
         x = self.norm(states)  # (N, S, T, H)
         keys = self.key(x)  # (N, S, T, dk)
         L, _, r, dk = self.queries.shape
         q = self.queries.reshape(1, L, 2 * r, dk).expand(N, -1, -1, -1)
-        z = self._pool(q, keys, x, mask)
+        z, attn = self._pool(q, keys, x, mask)
         for hop in self.hops:
-            z = self._pool(q + hop(z), keys, x, mask)
-        return z.reshape(N, L, 2, r, H)
+            z, attn = self._pool(q + hop(z), keys, x, mask)
+        if acts is None:
+            return z.reshape(N, L, 2, r, H), None
+        before = F.pad(attn[:, :, r:, 1:], (0, 1))  # weight of token t+1 moved to t, (N, L, r, T)
+        return z.reshape(N, L, 2, r, H), torch.einsum("nlqt,nltd->nlqd", before, acts.to(z.dtype))
 
     @staticmethod
-    def _pool(q: torch.Tensor, keys: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Queries (N, L, 2r, dk) over keys (N, S, T, dk) -> pooled states (N, L, 2r, H)."""
+    def _pool(q: torch.Tensor, keys: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries (N, L, 2r, dk) over keys (N, S, T, dk) -> pooled states (N, L, 2r, H) and weights (N, L, 2r, T)."""
         dk = q.shape[-1]
         if keys.shape[1] == 1:
             scores = torch.einsum("nlqd,ntd->nlqt", q, keys[:, 0]) / math.sqrt(dk)  # (N, L, 2r, T)
             attn = _masked_softmax(scores, mask[:, None, None, :])
-            return torch.einsum("nlqt,nth->nlqh", attn, x[:, 0])
+            return torch.einsum("nlqt,nth->nlqh", attn, x[:, 0]), attn
         scores = torch.einsum("nlqd,nltd->nlqt", q, keys) / math.sqrt(dk)
         attn = _masked_softmax(scores, mask[:, None, None, :])
-        return torch.einsum("nlqt,nlth->nlqh", attn, x)
+        return torch.einsum("nlqt,nlth->nlqh", attn, x), attn
 
 
 class _SwiGLU(nn.Module):
@@ -125,8 +137,11 @@ class PerceiverTrunk(nn.Module):
         self.rank_queries = nn.Parameter(torch.randn(L, 2, r, D) * 0.02)
         self.out_dim = D
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Token states (N, S, T, H) and mask (N, T) -> chunk embeddings."""
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, None]:
+        """Token states (N, S, T, H) and mask (N, T) -> chunk embeddings (N, L, 2, r, D); no key rows (the config
+        refuses ``activation_keys`` for this trunk).
+        """
         N, S, T, _ = states.shape
         L, _, r, D = self.rank_queries.shape
         ctx = self.proj(states.reshape(N * S, T, -1))  # (N*S, T, D)
@@ -141,7 +156,7 @@ class PerceiverTrunk(nn.Module):
         else:
             q = self.rank_queries.reshape(L, 2 * r, D).repeat(N, 1, 1)  # (N*L, 2r, D)
             z = self.decoder(q, lat, None)
-        return z.reshape(N, L, 2, r, D)
+        return z.reshape(N, L, 2, r, D), None
 
 
 def build_trunk(config: HypernetConfig) -> PoolingTrunk | PerceiverTrunk:

@@ -48,6 +48,10 @@ class TrainConfig(BaseModel):
         None, ge=2, description="With init_from: give its pooling trunk this many passes first (the same adapters "
                                 "at step 0)."
     )
+    add_activation_keys: bool = Field(
+        False, description="With init_from: key its slots on the target modules' own inputs too "
+                           "(HypernetConfig.activation_keys; the same adapters at step 0)."
+    )
     stages: list[Stage]
     objective: Literal["answer_ce", "distill"] = Field(
         "answer_ce", description="answer_ce: CE on the known answers; distill: match the in-context teacher."
@@ -96,6 +100,9 @@ class TrainConfig(BaseModel):
         if self.add_query_hops and not self.init_from:
             raise ValueError("add_query_hops grows a saved hypernetwork: set init_from too (or set "
                              "hypernet.query_hops for a fresh one)")
+        if self.add_activation_keys and not self.init_from:
+            raise ValueError("add_activation_keys grows a saved hypernetwork: set init_from too (or set "
+                             "hypernet.activation_keys for a fresh one)")
         return self
 
     @property

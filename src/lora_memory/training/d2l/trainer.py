@@ -90,9 +90,9 @@ def generate_adapters(hypernet: DocToLoRA, base: LoadedModel, examples: list[Exa
     ``forward`` is the module to call (a distributed wrapper of ``hypernet`` under accelerate).
     """
     token_ids, groups = chunk_examples(base.tokenizer, examples, hypernet.config.max_chunk_tokens)
-    states, mask = hypernet.encode(base, token_ids)
+    encoded = hypernet.encode(base, token_ids)
     bias = hypernet.bias_adapter() if hypernet.config.dedupe_bias else None
-    return compose_rows((forward or hypernet)(states, mask), groups, bias)
+    return compose_rows((forward or hypernet)(*encoded), groups, bias)
 
 
 def partners(examples: list[Example], kinds: Collection[str]) -> torch.Tensor:
@@ -199,6 +199,8 @@ class Trainer:
                     self.hypernet.widen_heads(config.widen_head_rank)
                 if config.add_query_hops:
                     self.hypernet.add_query_hops(config.add_query_hops)
+                if config.add_activation_keys:
+                    self.hypernet.add_activation_keys()
             else:
                 torch.manual_seed(config.seed)
                 self.hypernet = DocToLoRA.for_base_model(self.base, HypernetConfig(**config.hypernet))
