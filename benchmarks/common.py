@@ -18,10 +18,11 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from pydantic import BaseModel as PydanticModel
 from pydantic import Field
 
-from lora_memory.base import LoadedModel, load_base_model
+from lora_memory.base import LoadedModel, load_base_model, native_bf16
 from lora_memory.checkpoints import default_hypernet_dir, resolve_hypernet
 from lora_memory.evaluation.machine import machine_info
 from lora_memory.hypernet import DocToLoRA
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Mode = Literal["full", "quick", "smoke"]
-DTYPE = "bf16"  # the library's default on CPU (2.5-3x faster than fp32 with AMX)
+# the library's default on this CPU (dtype "auto"): bf16 with AMX or AVX512-BF16 (2.5-3x faster than fp32 there),
+# fp32 where bf16 is emulated (5x slower than fp32 on an AVX2-only CPU)
+DTYPE = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
 
 
 class BenchSettings(PydanticModel):

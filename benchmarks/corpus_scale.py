@@ -49,7 +49,7 @@ from lora_memory.generation import GenerationConfig, generate
 from lora_memory.paths import temporary_home
 from lora_memory.training.d2l.prose import load_articles, sentences, split_of_title
 
-from .common import Context, Section, Target, md_table
+from .common import DTYPE, Context, Section, Target, md_table
 
 MINILM_DIM = 384
 OPEN_PROBE = """
@@ -58,7 +58,7 @@ torch.set_num_threads(1)
 from lora_memory import LoRAMemory
 from lora_memory.base import load_base_model
 from lora_memory.checkpoints import resolve_hypernet
-base = load_base_model("embedded", dtype="bf16", device="cpu")
+base = load_base_model("embedded", dtype=sys.argv[3], device="cpu")
 hypernet, _ = resolve_hypernet(None, base, fall_back=False)
 start = time.perf_counter()
 memory = LoRAMemory.open(sys.argv[1], base=base, hypernet=hypernet)
@@ -174,7 +174,7 @@ def run(ctx: Context, img: Path) -> Section:
                 target.add_documents((by_id[i]["text"], i, None) for i in ids)  # adapters from the cache
                 questions = [n["question"] for n in needles if n["doc_id"] in set(ids)]
             latency[size] = _latencies(target, questions, config)
-        probe = subprocess.run([sys.executable, "-c", OPEN_PROBE, "wiki", needles[0]["question"]],
+        probe = subprocess.run([sys.executable, "-c", OPEN_PROBE, "wiki", needles[0]["question"], DTYPE],
                                capture_output=True, text=True, timeout=600, check=True)
         opened = json.loads(probe.stdout.strip().splitlines()[-1])
 

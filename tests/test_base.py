@@ -15,6 +15,7 @@ from lora_memory.base import (
     embedded_gguf_path,
     load_base_model,
     model_fingerprint,
+    native_bf16,
     resolve_device,
     resolve_dtype,
 )
@@ -56,12 +57,23 @@ def test_errors_share_the_library_base_class():
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("auto", torch.bfloat16), (None, torch.bfloat16), ("bf16", torch.bfloat16), ("bfloat16", torch.bfloat16),
+    ("bf16", torch.bfloat16), ("bfloat16", torch.bfloat16),
     ("fp16", torch.float16), ("float16", torch.float16), ("fp32", torch.float32), ("float32", torch.float32),
     (torch.float64, torch.float64),
 ])
 def test_resolve_dtype(name, expected):
     assert resolve_dtype(name, torch.device("cpu")) is expected
+
+
+@pytest.mark.parametrize("amx,avx512_bf16,expected", [
+    (True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, torch.float32),
+])
+def test_auto_dtype_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert native_bf16(torch.device("cpu")) is (expected is torch.bfloat16)
+    assert resolve_dtype("auto", torch.device("cpu")) is expected and resolve_dtype(None, torch.device("cpu")) is expected
+    assert resolve_dtype("auto", torch.device("cuda")) is torch.bfloat16  # GPUs: always native
 
 
 def test_resolve_dtype_rejects_unknown_names():
@@ -113,7 +125,8 @@ def saved_tiny(tiny_llama, tmp_path_factory):
     return directory
 
 
-@pytest.mark.parametrize("dtype,expected", [("fp32", torch.float32), ("auto", torch.bfloat16)])
+@pytest.mark.parametrize("dtype,expected", [("fp32", torch.float32), ("bf16", torch.bfloat16),
+                                            ("auto", resolve_dtype("auto", torch.device("cpu")))])
 def test_load_local_directory(saved_tiny, tiny_llama, dtype, expected):
     loaded = load_base_model(str(saved_tiny), dtype=dtype, device="cpu")
     assert loaded.dtype is expected and loaded.device == torch.device("cpu")

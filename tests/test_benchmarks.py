@@ -80,6 +80,7 @@ def test_only_keeps_the_other_sections_of_a_same_mode_report(benchmarks_on_path,
 @pytest.mark.allow_hosts(["127.0.0.1"])  # the serving benchmark's servers and clients talk over loopback
 def test_smoke_run_writes_report_json_and_plots(benchmarks_on_path, tmp_path):
     from benchmarks import run
+    from benchmarks.common import DTYPE
 
     assert run.main(["--smoke", "--out", str(tmp_path)]) == 0
 
@@ -97,7 +98,7 @@ def test_smoke_run_writes_report_json_and_plots(benchmarks_on_path, tmp_path):
 
     data = json.loads((tmp_path / "benchmarks.json").read_text())
     assert data["machine"]["torch_threads"] == 1 and data["machine"]["cpu"]
-    assert data["machine"]["dtype"] == "bf16"
+    assert data["machine"]["dtype"] == DTYPE  # the library's "auto" on this CPU
     rss = data["sections"]["3. Memory: adapter vs KV cache, peak RSS"]["rss_mib"]["128"]
     assert set(rss) == {"base", "internalized", "in-context", "rag"}
     assert all(v["peak"]["median"] >= v["after_load"]["median"] > 0 for v in rss.values())

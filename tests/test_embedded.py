@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lora_memory.apply import apply_adapter
-from lora_memory.base import EMBEDDED_NAME, load_base_model
+from lora_memory.base import EMBEDDED_NAME, load_base_model, resolve_dtype
 from lora_memory.generation import GenerationConfig, generate, stream
 from lora_memory.hypernet import DocToLoRA
 
@@ -29,7 +29,7 @@ def _logits(base, adapter=None) -> torch.Tensor:
 
 def test_embedded_model_loads_with_its_known_shape(embedded_base):
     cfg = embedded_base.model.config
-    assert embedded_base.name == EMBEDDED_NAME and embedded_base.dtype is torch.bfloat16
+    assert embedded_base.name == EMBEDDED_NAME and embedded_base.dtype is resolve_dtype("auto", torch.device("cpu"))
     assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size) == ("llama", 30, 576, 1536)
     assert len(embedded_base.fingerprint) == 16
 
@@ -43,23 +43,24 @@ def test_embedded_model_answers_and_streams(embedded_base):
 
 
 def test_random_adapter_changes_logits(embedded_base, make_lora):
-    adapter = make_lora(embedded_base.model, rank=4, std=0.02, dtype=torch.bfloat16)
+    adapter = make_lora(embedded_base.model, rank=4, std=0.02, dtype=embedded_base.dtype)
     assert (_logits(embedded_base, adapter) - _logits(embedded_base)).abs().max() > 0.1
 
 
-def test_peft_export_reloads_to_the_same_logits_bf16(tmp_path, embedded_base, make_lora):
+def test_peft_export_reloads_to_the_same_logits_bf16(tmp_path, make_lora):
     """bf16: PEFT with the adapter kept in bf16 runs the same ops as our hook. Measured difference: 0.
 
     (PEFT's default upcasts adapters to fp32, which in a bf16 model moves logits by up to ~0.6
     through rounding alone, about as much as this adapter does; the fp32 test covers the defaults.)
     """
-    adapter = make_lora(embedded_base.model, rank=4, std=0.02, dtype=torch.bfloat16)
-    ours = _logits(embedded_base, adapter)
+    base = load_base_model("embedded", dtype="bf16", device="cpu")
+    adapter = make_lora(base.model, rank=4, std=0.02, dtype=torch.bfloat16)
+    ours = _logits(base, adapter)
     adapter.export_peft(tmp_path, base_model_name_or_path=EMBEDDED_NAME)
-    model = peft.PeftModel.from_pretrained(copy.deepcopy(embedded_base.model), tmp_path,
+    model = peft.PeftModel.from_pretrained(copy.deepcopy(base.model), tmp_path,
                                            autocast_adapter_dtype=False).eval()
     with torch.no_grad():
-        theirs = model(input_ids=_ids(embedded_base)).logits.float()
+        theirs = model(input_ids=_ids(base)).logits.float()
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-2)
 
 

@@ -57,12 +57,26 @@ class LoadedModel:
         return next(self.model.parameters()).dtype
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: a GPU, or a CPU with AMX or AVX512-BF16.
+
+    Elsewhere (an AVX2-only x86 CPU, for one) bf16 matmuls are emulated: measured 5x slower than fp32 for a
+    128-token forward pass of the embedded model on such a CPU.
+    """
+    if device.type != "cpu":
+        return True
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(probe() for probe in probes if callable(probe))
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto``/None picks bf16 (measured 2.5-3x faster than fp32 on CPUs with AMX, and native on GPUs)."""
+    """``auto``/None picks bf16 where the device computes it natively (GPUs; CPUs with AMX, where it measured
+    2.5-3x faster than fp32), and fp32 on other CPUs (:func:`native_bf16`).
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        return torch.bfloat16
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     try:
         return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                 "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[dtype]
@@ -151,7 +165,7 @@ def load_base_model(
         name_or_path: ``"embedded"`` for the bundled SmolLM2-135M-Instruct, a local
             directory, or a Hugging Face id (which must already be in the local HF cache
             when offline).
-        dtype: ``auto`` (bf16), ``bf16``, ``fp16``, ``fp32`` or a ``torch.dtype``.
+        dtype: ``auto`` (bf16 where native, else fp32: :func:`resolve_dtype`), ``bf16``, ``fp16``, ``fp32`` or a ``torch.dtype``.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
 
     Raises:

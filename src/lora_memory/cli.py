@@ -314,7 +314,7 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     parser.add_argument("--hypernet", default=default(None), help="Doc-to-LoRA checkpoint directory "
                         "(default: the shipped one)")
     parser.add_argument("--dtype", default=default("auto"), choices=["auto", "bf16", "fp16", "fp32"],
-                        help="base-model dtype (default: auto = bf16)")
+                        help="base-model dtype (default: auto = bf16 where the device computes it natively, else fp32)")
     parser.add_argument("--device", default=default("auto"), help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     parser.add_argument("--threads", type=int, default=default(None),
                         help="torch CPU threads (default: torch's, one per core); 1 when sharing the machine")

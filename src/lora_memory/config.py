@@ -37,7 +37,7 @@ class MemoryConfig(SavedConfig):
     hypernet: str | None = Field(None, description="Directory of a Doc-to-LoRA checkpoint; None means the shipped "
                                                    "checkpoint when it fits the base model, else a seeded random "
                                                    "initialisation (logged as a warning).")
-    dtype: str = Field("auto", description="Base-model dtype: auto (bf16), bf16, fp16 or fp32.")
+    dtype: str = Field("auto", description="Base-model dtype: auto (bf16 where the device computes it natively, else fp32), bf16, fp16 or fp32.")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     chunk_tokens: int | None = Field(None, ge=8, description="Longest chunk in base-model tokens; None means the "
                                                              "hypernetwork's max_chunk_tokens.")
