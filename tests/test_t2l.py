@@ -29,7 +29,7 @@ from lora_memory.hypernet.task_encoders import MiniLMEncoder
 from lora_memory.tasks import task_adapter
 from lora_memory.training.t2l import train as t2l_train
 from lora_memory.training.t2l.data import TASKS, task_batches, task_by_name, task_split
-from lora_memory.training.t2l.train import T2LTrainConfig, delta_distance, stack_adapters, train
+from lora_memory.training.t2l.train import T2LTrainConfig, delta_distance, train
 
 VARIANTS = ["L", "M", "S"]
 TARGETS = ["self_attn.q_proj", "self_attn.v_proj"]
@@ -241,11 +241,17 @@ def test_delta_distance_matches_dense_computation():
     assert delta_distance(b, b).abs().item() < 1e-5
 
 
-def test_stack_adapters_batches_rows(make_lora, tiny_llama):
+def test_stacked_targets_keep_each_tasks_delta(make_lora, tiny_llama):
     parts = [make_lora(tiny_llama.model, seed=s) for s in (0, 1)]
-    stacked = stack_adapters(parts)
+    stacked = LoRAAdapter.stack(parts)  # the T2L loss's targets: one row per task, even for one task
     assert stacked.batched and all(torch.equal(u.weights[k].A, p.weights[k].A)
                                    for u, p in zip(stacked.unbatch(), parts) for k in p.weights)
+    for row, part in zip(stacked.unbatch(), parts):
+        for k in part.weights:
+            torch.testing.assert_close(row.delta(k), part.delta(k))
+    assert LoRAAdapter.stack(parts[:1]).batched
+    with pytest.raises(ValueError, match="at least one"):
+        LoRAAdapter.stack([None])
 
 
 def test_recon_training_reduces_the_distance(tiny_llama, tmp_path):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,39 @@ class LoRAAdapter:
                             self.scaling, dict(self.metadata)) for i in range(n)]
 
     # ------------------------------------------------------------ composition
+    @classmethod
+    def stack(cls, rows: Sequence[LoRAAdapter | None]) -> LoRAAdapter:
+        """One batched adapter whose row ``i`` is ``rows[i]`` (None: no adapter on that row).
+
+        Ranks are zero-padded to the widest row (zero rows of ``A`` and columns of ``B``
+        add nothing), modules missing from a row are zeros, and each row's scaling is
+        folded into its ``B`` (in fp32, then cast back), so the result has scaling 1.
+
+        Raises:
+            ValueError: no row has an adapter, or two rows disagree on a module's shape.
+        """
+        present = [a for a in rows if a is not None]
+        if not present:
+            raise ValueError("stack needs at least one adapter")
+        rank = max(a.rank for a in present)
+        shapes: dict[str, tuple[int, int, torch.dtype, torch.device]] = {}
+        for a in present:
+            for name, w in a.weights.items():
+                shape = (w.A.shape[-1], w.B.shape[-2], w.A.dtype, w.A.device)
+                if shapes.setdefault(name, shape)[:2] != shape[:2]:
+                    raise ValueError(f"module {name}: rows disagree on (d_in, d_out): {shapes[name][:2]} vs {shape[:2]}")
+        weights = {}
+        for name, (d_in, d_out, dtype, device) in shapes.items():
+            A = torch.zeros(len(rows), rank, d_in, dtype=dtype, device=device)  # (N, r, d_in)
+            B = torch.zeros(len(rows), d_out, rank, dtype=dtype, device=device)  # (N, d_out, r)
+            for i, row in enumerate(rows):
+                pair = None if row is None else row.weights.get(name)
+                if row is not None and pair is not None:
+                    A[i, : pair.rank] = pair.A
+                    B[i, :, : pair.rank] = (pair.B.float() * row.scaling).to(dtype)
+            weights[name] = LoRAWeights(A, B)
+        return cls(weights, scaling=1.0)
+
     @classmethod
     def concat(cls, adapters: Iterable[LoRAAdapter], metadata: Mapping[str, Any] | None = None) -> LoRAAdapter:
         """Concatenate adapters along the rank axis: the result's delta is the sum of the parts'.

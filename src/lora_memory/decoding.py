@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
-from .adapter import LoRAAdapter, LoRAWeights
+from .adapter import LoRAAdapter
 from .apply import apply_adapter
 from .generation import GenerationConfig, _cut_at_stop
 
@@ -43,37 +43,15 @@ REPLACEMENT_CHAR = "\ufffd"  # what a partial UTF-8 sequence decodes to: wait fo
 
 
 def stack_adapters(adapters: Sequence[LoRAAdapter | None]) -> LoRAAdapter | None:
-    """One batched adapter whose row ``i`` is ``adapters[i]`` (None: no adapter on that row).
-
-    Ranks are zero-padded to the widest row (zero rows of ``A`` and columns of ``B``
-    add nothing), modules missing from a row are zeros, and each row's scaling is
-    folded into its ``B`` (in fp32, then cast back), so the result has scaling 1.
-    A single row is returned unchanged; None when no row has an adapter.
+    """The decode batch's adapter: a single row unchanged, None when no row has one, else
+    :meth:`LoRAAdapter.stack <lora_memory.adapter.LoRAAdapter.stack>` (ranks padded, scalings folded).
 
     Raises:
         ValueError: two rows disagree on a module's shape.
     """
     if len(adapters) == 1 or all(a is None for a in adapters):
         return adapters[0] if len(adapters) == 1 else None
-    present = [a for a in adapters if a is not None]
-    rank = max(a.rank for a in present)
-    shapes: dict[str, tuple[int, int, torch.dtype, torch.device]] = {}
-    for a in present:
-        for name, w in a.weights.items():
-            shape = (w.A.shape[-1], w.B.shape[-2], w.A.dtype, w.A.device)
-            if shapes.setdefault(name, shape)[:2] != shape[:2]:
-                raise ValueError(f"module {name}: rows disagree on (d_in, d_out): {shapes[name][:2]} vs {shape[:2]}")
-    weights = {}
-    for name, (d_in, d_out, dtype, device) in shapes.items():
-        A = torch.zeros(len(adapters), rank, d_in, dtype=dtype, device=device)  # (N, r, d_in)
-        B = torch.zeros(len(adapters), d_out, rank, dtype=dtype, device=device)  # (N, d_out, r)
-        for i, row in enumerate(adapters):
-            pair = None if row is None else row.weights.get(name)
-            if row is not None and pair is not None:
-                A[i, : pair.rank] = pair.A
-                B[i, :, : pair.rank] = (pair.B.float() * row.scaling).to(dtype)
-        weights[name] = LoRAWeights(A, B)
-    return LoRAAdapter(weights, scaling=1.0)
+    return LoRAAdapter.stack(adapters)
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:

@@ -161,14 +161,6 @@ def task_lora_targets(base: LoadedModel, tasks: list[Task], cfg: T2LTrainConfig,
     return out
 
 
-def stack_adapters(adapters: list[LoRAAdapter]) -> LoRAAdapter:
-    """Unbatched adapters with the same modules -> one batched adapter (N rows)."""
-    names = adapters[0].weights
-    return LoRAAdapter({n: LoRAWeights(torch.stack([a.weights[n].A for a in adapters]),
-                                       torch.stack([a.weights[n].B for a in adapters])) for n in names},
-                       adapters[0].scaling)
-
-
 # ------------------------------------------------------------------- loop
 def build(cfg: T2LTrainConfig, base: LoadedModel) -> tuple[TextToLoRA, torch.optim.Optimizer, int]:
     """The T2L, its optimizer and the step to start at: resumed from the checkpoint when there is one."""
@@ -232,7 +224,7 @@ def train(cfg: T2LTrainConfig, base: LoadedModel | None = None, progress: bool =
                 record.update(exact=res.exact, token_acc=res.token_accuracy)
             else:
                 generated = t2l(torch.stack([table[d] for d in tb.descriptions]))
-                loss = delta_distance(generated, stack_adapters([targets[name] for name in tb.tasks]))
+                loss = delta_distance(generated, LoRAAdapter.stack([targets[name] for name in tb.tasks]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(t2l.parameters(), cfg.grad_clip).item()
