@@ -10,7 +10,7 @@ the generated adapter is a no-op at initialisation. The bias rows carry the
 document-independent part of every adapter (D2L's "bias LoRA").
 
 With key rows from the trunk (``activation_keys``), A also gets
-``key_gain[l] * rmsnorm(key[l, j])``: the target module's own input where the
+``key_gain[l] * key[l, j] / |key[l, j]|``: the target module's own input where the
 document said what B[:, j] writes. ``key_gain`` starts at zero, so adding it to a
 trained checkpoint keeps its adapters.
 """
@@ -105,6 +105,6 @@ class LoRAHeads(nn.Module):
             z = F.normalize(z, dim=-1)
         a = self.bias_a + self.scale_a * self.map_a(z[:, :, 0])  # (N, L, r, d_in)
         if keys is not None and self.key_gain is not None:
-            a = a + self.key_gain * F.rms_norm(keys, (keys.shape[-1],))
+            a = a + self.key_gain * F.normalize(keys, dim=-1)  # unit rows: the gain is the row's norm
         b = self.bias_b + self.scale_b * self.map_b(z[:, :, 1])  # (N, L, r, d_out)
         return a, b.transpose(-1, -2)  # B is (d_out, r) per layer
