@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel as PydanticModel
 from pydantic import Field
 
-from lora_memory.base import LoadedModel, load_base_model, native_bf16
+from lora_memory.base import LoadedModel, load_base_model, resolve_dtype
 from lora_memory.checkpoints import default_hypernet_dir, resolve_hypernet
 from lora_memory.evaluation.machine import machine_info
 from lora_memory.hypernet import DocToLoRA
@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Mode = Literal["full", "quick", "smoke"]
-# the library's default on this CPU (dtype "auto"): bf16 with AMX or AVX512-BF16 (2.5-3x faster than fp32 there),
-# fp32 where bf16 is emulated (5x slower than fp32 on an AVX2-only CPU)
-DTYPE = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+# the library's default on this CPU (dtype "auto", resolve_dtype): bf16 with AMX or AVX512-BF16 (2.5-3x faster than
+# fp32 there), fp32 where bf16 is emulated (5x slower than fp32 on an AVX2-only CPU)
+DTYPE = "bf16" if resolve_dtype("auto", torch.device("cpu")) is torch.bfloat16 else "fp32"
 
 
 class BenchSettings(PydanticModel):

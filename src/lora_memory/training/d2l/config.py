@@ -33,6 +33,11 @@ class Stage(BaseModel):
     batch_size: int = Field(8, ge=1, description="Documents per step.")
 
 
+# the options that grow a saved hypernetwork (init_from) in place, and the HypernetConfig field a fresh one sets instead
+GROWTHS = {"widen_head_rank": "hypernet.head_rank", "add_query_hops": "hypernet.query_hops",
+           "add_activation_keys": "hypernet.activation_keys"}
+
+
 class TrainConfig(BaseModel):
     """Everything a run needs; saved beside its checkpoints so a run can be resumed or audited."""
 
@@ -93,16 +98,12 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if not self.stages:
             raise ValueError("stages: at least one stage is required")
-        if self.widen_head_rank and not self.init_from:
-            raise ValueError("widen_head_rank widens a saved hypernetwork: set init_from too")
+        for option, fresh in GROWTHS.items():
+            if getattr(self, option) and not self.init_from:
+                raise ValueError(f"{option} grows a saved hypernetwork: set init_from too (or set {fresh} for a "
+                                 "fresh one)")
         if self.contrast_weight and self.objective != "answer_ce":
             raise ValueError("contrast_weight compares answer losses: it needs objective 'answer_ce'")
-        if self.add_query_hops and not self.init_from:
-            raise ValueError("add_query_hops grows a saved hypernetwork: set init_from too (or set "
-                             "hypernet.query_hops for a fresh one)")
-        if self.add_activation_keys and not self.init_from:
-            raise ValueError("add_activation_keys grows a saved hypernetwork: set init_from too (or set "
-                             "hypernet.activation_keys for a fresh one)")
         return self
 
     @property
