@@ -23,6 +23,7 @@ from lora_memory.evaluation.prose import (
 )
 from lora_memory.evaluation.scoring import contains, exact_match
 from lora_memory.hypernet import DocToLoRA
+from lora_memory.training.batching import StudentBatch
 from lora_memory.training.cli import add_eval_arguments, section_name, write_section
 from lora_memory.training.d2l.batching import chunk_examples, qa_batch
 from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
@@ -168,27 +169,76 @@ def test_contrast_hinge_is_the_margin_for_equal_adapters_and_falls_when_own_read
                         for k, w in lora.weights.items()}, lora.scaling)
     pair = partners(examples, {"prose"})
     own = answer_loss(tiny_llama.model, batch, same).row_losses
-    hinge, gap = contrast_loss(tiny_llama.model, batch, same, own, pair, margin=0.5)
+    hinge, gap, _ = contrast_loss(tiny_llama.model, batch, same, own, pair, margin=0.5)
     assert gap.numel() == batch.input_ids.shape[0]
     torch.testing.assert_close(gap, torch.zeros_like(gap), atol=1e-4, rtol=0)
     assert hinge.item() == pytest.approx(0.5, abs=1e-4)
     # own losses lower than the partner's by more than the margin: nothing left to push
-    hinge, gap = contrast_loss(tiny_llama.model, batch, same, own - 1.0, pair, margin=0.5)
+    hinge, gap, _ = contrast_loss(tiny_llama.model, batch, same, own - 1.0, pair, margin=0.5)
     assert hinge.item() == 0.0 and (gap > 0.5).all()
-    none, empty = contrast_loss(tiny_llama.model, batch, same, own, torch.tensor([-1, -1]), margin=0.5)
+    none, empty, _ = contrast_loss(tiny_llama.model, batch, same, own, torch.tensor([-1, -1]), margin=0.5)
     assert none.item() == 0.0 and empty.numel() == 0
 
 
-def test_a_contrast_run_logs_the_hinge_and_the_monitor_reports_the_own_text_gap(tiny_llama, tmp_path):
+def _two_prose_rows(tiny_llama, make_lora):
+    """Two articles' question rows, a trainable batched adapter of two different rows, and its partners."""
+    rng = random.Random(4)
+    examples = [prose_example(rng, "train", p_single=1.0) for _ in range(2)]
+    batch = qa_batch(tiny_llama.tokenizer, examples)
+    rows = [make_lora(tiny_llama.model, rank=4, scaling=1.0, seed=s) for s in (0, 1)]
+    adapter = LoRAAdapter.stack(rows)
+    for w in adapter.weights.values():
+        w.A.requires_grad_(True)
+        w.B.requires_grad_(True)
+    return batch, adapter, partners(examples, {"prose"}), rows[0]
+
+
+def test_a_fixed_partner_hinge_moves_only_the_own_loss(tiny_llama, make_lora):
+    batch, adapter, pair, _ = _two_prose_rows(tiny_llama, make_lora)
+    free, _, _ = contrast_loss(tiny_llama.model, batch, adapter, torch.zeros(batch.input_ids.shape[0]),
+                               pair, margin=50.0)
+    fixed, gap, _ = contrast_loss(tiny_llama.model, batch, adapter, torch.zeros(batch.input_ids.shape[0]),
+                                  pair, margin=50.0, reference="fixed_partner")
+    torch.testing.assert_close(fixed, free)  # the same value ...
+    assert free.requires_grad and not fixed.requires_grad  # ... but the partner's loss is a constant
+    assert gap.numel() == batch.input_ids.shape[0]
+
+
+def test_a_bias_reference_hinge_reads_against_the_document_free_adapter_and_penalises_harm(tiny_llama, make_lora):
+    batch, adapter, pair, bias = _two_prose_rows(tiny_llama, make_lora)
+    own = answer_loss(tiny_llama.model, batch, adapter).row_losses
+    hinge, gap, bias_gap = contrast_loss(tiny_llama.model, batch, adapter, own, pair, margin=0.5,
+                                         reference="bias", bias=bias)
+    alone = StudentBatch(batch.input_ids, batch.attention_mask, batch.labels, torch.zeros_like(batch.row_example))
+    ref = answer_loss(tiny_llama.model, alone, bias.as_batch()).row_losses
+    other = own.detach() + gap
+    expected = (torch.relu(0.5 - (ref - own.detach())) + torch.relu(other - ref)).mean()
+    torch.testing.assert_close(hinge.detach(), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(bias_gap, ref - own.detach(), atol=1e-4, rtol=1e-4)
+    first = batch.row_example == 0  # example 0's own adapter is the bias itself: no gap to it
+    torch.testing.assert_close(bias_gap[first], torch.zeros_like(bias_gap[first]), atol=1e-4, rtol=0)
+    assert bias_gap[~first].abs().sum() > 1e-3  # the other example's adapter is not the bias
+    hinge.backward()  # the gradient reaches the adapters (through own and other), never the constant reference
+    assert all(w.A.grad is not None for w in adapter.weights.values())
+    with pytest.raises(ValueError, match="bias adapter"):
+        contrast_loss(tiny_llama.model, batch, adapter, own, pair, margin=0.5, reference="bias")
+
+
+
+@pytest.mark.parametrize("reference", ["partner", "bias"])
+def test_a_contrast_run_logs_the_hinge_and_the_monitor_reports_the_own_text_gap(tiny_llama, tmp_path, reference):
     stage = Stage(name="prose", steps=2, batch_size=3,
                   tasks=[TaskSpec(kind="prose", params={"p_single": 1.0}, weight=4), TaskSpec(kind="facts")])
     config = TrainConfig(hypernet=TINY_HYPERNET, stages=[stage], warmup_steps=1, eval_every=2, eval_examples=4,
-                         checkpoint_every=2, contrast_weight=1.0, out_dir=str(tmp_path / "run"))
+                         checkpoint_every=2, contrast_weight=1.0, contrast_reference=reference,
+                         out_dir=str(tmp_path / "run"))
     Trainer(config, base=tiny_llama).run()
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     paired = [r for r in log if "contrast_hinge" in r]
     assert paired and all(r["loss"] >= r["answer_loss"] and r["contrast_hinge"] >= 0 for r in paired)
+    assert all(("bias_gap" in r) == (reference == "bias") for r in paired)
     assert isinstance(log[-1]["eval_gap_prose"], float)  # the held-out prose examples, asked with each other's
+    assert isinstance(log[-1]["eval_bias_gap_prose"], float)  # ... and with the document-free adapter
     with pytest.raises(ValueError, match="answer_ce"):
         TrainConfig(stages=[stage], contrast_weight=1.0, objective="distill")
 

@@ -8,8 +8,9 @@
 - :func:`keep_loss`: do no harm: on questions the document does not answer, the
   KL divergence from the bare model's distribution to the student's.
 - :func:`contrast_loss`: read the document: a hinge that asks each question's answer loss under its
-  own document's adapter to sit a margin below its loss under another document's adapter, so the
-  gradient keeps what depends on the document and cancels what every adapter shares (answer format).
+  own document's adapter to sit a margin below a reference: its loss under another document's adapter
+  (which cancels what every adapter shares, such as the answer format) or under the document-free
+  bias adapter (which cannot be met by making other documents' adapters worse).
 - :func:`l1_penalty`: the L1 penalty on generated A and B.
 
 Only positions with a target are projected to the vocabulary, which saves most
@@ -19,6 +20,7 @@ of the language-model head's cost on prompt tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -122,9 +124,19 @@ def swapped_rows(batch: StudentBatch, partner: torch.Tensor) -> tuple[StudentBat
     return swapped, index
 
 
+ContrastReference = Literal["partner", "fixed_partner", "bias"]
+
+
+class ContrastOutput(NamedTuple):
+    hinge: torch.Tensor  # the term to add to the loss (scalar)
+    gap: torch.Tensor  # (N,) detached: each swapped row's loss under the partner's adapter minus under its own
+    bias_gap: torch.Tensor  # (N,) detached: loss under the document-free bias adapter minus own (reference "bias")
+
+
 def contrast_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter, own: torch.Tensor,
-                  partner: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hinge on the own-text gap, and the gap itself (detached, per swapped row).
+                  partner: torch.Tensor, margin: float, reference: ContrastReference = "partner",
+                  bias: LoRAAdapter | None = None) -> ContrastOutput:
+    """The read-the-document hinge, and the gaps it is made of.
 
     Args:
         model: the frozen base model.
@@ -133,20 +145,41 @@ def contrast_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdap
         own: (M,) each row's answer loss under its own adapter (:attr:`LossOutput.row_losses`).
         partner: (N,) for each example, the example whose adapter its questions are also asked with
             (another document), or -1 for none.
-        margin: nats by which the own adapter's loss should be lower than the partner's.
+        margin: nats by which the own adapter's loss should be lower than the reference's.
+        reference: what the own loss is held below, over the rows that have a partner:
+
+            - ``"partner"``: ``relu(margin - (other - own))`` with gradients through both losses, which
+              cancels what the two adapters share; it can also be met by making ``other`` worse (harm).
+            - ``"fixed_partner"``: the same hinge with ``other`` a constant, so only ``own`` moves.
+            - ``"bias"``: ``relu(margin - (ref - own)) + relu(other - ref)`` with ``ref`` the (constant)
+              loss under the document-free ``bias`` adapter: own must read its text, and another text's
+              adapter must do no worse than none. Neither term is met by harm.
+        bias: the unbatched document-free adapter (:meth:`DocToLoRA.bias_adapter`), for ``"bias"``.
 
     Returns:
-        ``mean(relu(margin - (other - own)))`` over the rows that have a partner (0 when none do), and
-        ``other - own`` for those rows. Both losses carry gradients, so the term cancels what the two
-        adapters share and trains what differs.
+        The hinge (0 when no row has a partner) and the detached gaps.
     """
     swapped, index = swapped_rows(batch, partner)
+    empty = own.new_zeros(0)
     if index.numel() == 0:
-        zero = own.sum() * 0
-        return zero, own.new_zeros(0)
-    other = answer_loss(model, swapped, adapter).row_losses
-    gap = other - own[index.to(own.device)]
-    return torch.relu(margin - gap).mean(), gap.detach()
+        return ContrastOutput(own.sum() * 0, empty, empty)
+    own_rows = own[index.to(own.device)]
+    if reference == "fixed_partner":
+        with torch.no_grad():
+            other = answer_loss(model, swapped, adapter).row_losses
+    else:
+        other = answer_loss(model, swapped, adapter).row_losses
+    gap = other - own_rows
+    if reference != "bias":
+        return ContrastOutput(torch.relu(margin - gap).mean(), gap.detach(), empty)
+    if bias is None:
+        raise ValueError("contrast reference 'bias' needs the bias adapter")
+    alone = StudentBatch(swapped.input_ids, swapped.attention_mask, swapped.labels,
+                         torch.zeros_like(swapped.row_example))
+    with torch.no_grad():
+        ref = answer_loss(model, alone, bias.as_batch()).row_losses
+    hinge = (torch.relu(margin - (ref - own_rows)) + torch.relu(other - ref)).mean()
+    return ContrastOutput(hinge, gap.detach(), (ref - own_rows).detach())
 
 
 def l1_penalty(adapter: LoRAAdapter) -> torch.Tensor:

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..objectives import ContrastReference
+
 STRICT = ConfigDict(extra="forbid")
 TaskKind = Literal["needle", "facts", "prose"]
 
@@ -81,6 +83,12 @@ class TrainConfig(BaseModel):
                                "document's adapter from the same batch (examples of contrast_kinds)."
     )
     contrast_margin: float = Field(1.0, gt=0, description="Margin of the read-the-document hinge, in nats.")
+    contrast_reference: ContrastReference = Field(
+        "partner", description="What the own loss is held below (training.objectives.contrast_loss): 'partner' "
+                               "(both losses move; can be met by harming other documents), 'fixed_partner' (only "
+                               "the own loss moves), 'bias' (the document-free adapter's loss, plus a term that "
+                               "keeps another document's adapter no worse than it)."
+    )
     contrast_kinds: list[TaskKind] = Field(
         ["prose"], description="Task families whose examples are paired for the hinge."
     )

@@ -124,11 +124,15 @@ def compute_loss(hypernet: DocToLoRA, base: LoadedModel, examples: list[Example]
     if config.keep_weight and any(ex.info.get("keep") for ex in examples):
         loss = loss + config.keep_weight * keep_loss(base.model, qa_batch(base.tokenizer, examples, keep=True), adapter)
     if config.contrast_weight:
-        hinge, gap = contrast_loss(base.model, batch, adapter, out.row_losses,
-                                   partners(examples, config.contrast_kinds), config.contrast_margin)
+        bias = hypernet.bias_adapter() if config.contrast_reference == "bias" else None
+        hinge, gap, bias_gap = contrast_loss(base.model, batch, adapter, out.row_losses,
+                                             partners(examples, config.contrast_kinds), config.contrast_margin,
+                                             config.contrast_reference, bias)
         loss = loss + config.contrast_weight * hinge
         if gap.numel():
             extra = {"contrast_hinge": hinge.item(), "own_text_gap": gap.mean().item()}
+        if bias_gap.numel():
+            extra["bias_gap"] = bias_gap.mean().item()
     return loss, out, extra
 
 
@@ -136,7 +140,8 @@ def compute_loss(hypernet: DocToLoRA, base: LoadedModel, examples: list[Example]
 def evaluate(hypernet: DocToLoRA, base: LoadedModel, config: TrainConfig, step: int) -> dict[str, float]:
     """Held-out answer loss, teacher-forced exact match (overall and per task family, ``eval_exact_<kind>``, so a
     mix's families can be told apart), the own-text gap per family (``eval_gap_<kind>``: a question's answer
-    loss under another document's adapter minus under its own, in nats), and the collapse diagnostics.
+    loss under another document's adapter minus under its own, in nats; ``eval_bias_gap_<kind>``: under the
+    document-free bias adapter minus under its own), and the collapse diagnostics.
     """
     hypernet.eval()
     stage = config.stage_at(step)
@@ -144,6 +149,7 @@ def evaluate(hypernet: DocToLoRA, base: LoadedModel, config: TrainConfig, step: 
     losses, exact, acc, sizes, kinds = [], [], [], [], []
     adapters = []
     gaps: dict[str, list[float]] = {}
+    bias = hypernet.bias_adapter()
     for kind in dict.fromkeys(ex.kind for ex in examples):
         of_kind = [ex for ex in examples if ex.kind == kind]
         for i in range(0, len(of_kind), stage.batch_size):
@@ -151,10 +157,11 @@ def evaluate(hypernet: DocToLoRA, base: LoadedModel, config: TrainConfig, step: 
             adapter = generate_adapters(hypernet, base, group)
             batch = qa_batch(base.tokenizer, group)
             out = answer_loss(base.model, batch, adapter)
-            _, gap = contrast_loss(base.model, batch, adapter, out.row_losses, partners(group, {kind}),
-                                   config.contrast_margin)
+            _, gap, bias_gap = contrast_loss(base.model, batch, adapter, out.row_losses, partners(group, {kind}),
+                                             config.contrast_margin, "bias", bias)
             if gap.numel():
-                gaps.setdefault(kind, []).extend(gap.tolist())
+                gaps.setdefault(f"eval_gap_{kind}", []).extend(gap.tolist())
+                gaps.setdefault(f"eval_bias_gap_{kind}", []).extend(bias_gap.tolist())
             losses.append(out.loss.item())
             exact.append(out.exact)
             acc.append(out.token_accuracy)
@@ -170,7 +177,7 @@ def evaluate(hypernet: DocToLoRA, base: LoadedModel, config: TrainConfig, step: 
         return sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
 
     per_kind = {f"eval_exact_{kind}": mean(exact, kind) for kind in dict.fromkeys(kinds)}
-    per_kind.update({f"eval_gap_{kind}": sum(g) / len(g) for kind, g in gaps.items()})
+    per_kind.update({key: sum(g) / len(g) for key, g in gaps.items()})
     return {"eval_loss": mean(losses), "eval_exact": mean(exact), "eval_token_acc": mean(acc), **per_kind, **spread}
 
 
