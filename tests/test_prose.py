@@ -36,6 +36,7 @@ from lora_memory.training.d2l.prose import (
     load_articles,
     prose_example,
     split_of_title,
+    written_articles,
     written_part,
     written_questions,
 )
@@ -114,6 +115,14 @@ def test_written_questions_cover_training_articles_only_with_answers_from_their_
         others = [p for p in held.info["parts"] if p != _fit(by_title[held.info["title"]].text, 160)]
         held_texts = {_fit(a.text, 160) for a in load_articles("heldout")}
         assert len(others) == 2 and all(p in held_texts for p in others)
+
+
+def test_the_overfitting_check_trains_on_the_first_articles_only_and_leaves_the_monitor_alone():
+    first = {a.title for a in written_articles("train")[:3]}
+    titles = {prose_example(random.Random(s), "train", source="written", articles=3).info["title"] for s in range(30)}
+    assert titles == first
+    held = prose_example(random.Random(0), "heldout", source="written", articles=3)
+    assert held.info["title"] in written_questions("valid")
 
 
 def test_parts_are_chunked_separately(tokenizer):

@@ -304,14 +304,18 @@ def written_articles(part: WrittenPart = "train") -> tuple[Article, ...]:
     return tuple(a for a in load_articles("train") if a.title in written)
 
 
-def _article_and_questions(rng: random.Random, split: Split, source: Source, n: int) -> tuple[Article, list[QA]]:
+def _article_and_questions(rng: random.Random, split: Split, source: Source, n: int,
+                           articles: int | None = None) -> tuple[Article, list[QA]]:
     """A random article with ``n`` questions of ``source`` about different facts. Written questions: a training
-    article of the ``train`` part, or for the ``heldout`` split (the trainer's monitor) one of the ``valid`` part,
-    which training never sees. Rule-made questions: an article of ``split``.
+    article of the ``train`` part (one of its first ``articles`` when given), or for the ``heldout`` split (the
+    trainer's monitor) one of the ``valid`` part, which training never sees. Rule-made questions: an article of
+    ``split``.
     """
     if source == "written":
         part: WrittenPart = "train" if split == "train" else "valid"
         candidates = written_articles(part)
+        if articles is not None and split == "train":
+            candidates = candidates[:articles]
         if candidates:
             article = rng.choice(candidates)
             facts = written_questions(part)[article.title]
@@ -325,7 +329,8 @@ def _article_and_questions(rng: random.Random, split: Split, source: Source, n: 
 
 
 def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1, 4), p_single: float = 0.5,
-                  questions: int = 2, keep: int = 1, max_words: int = 160, source: Source = "rules") -> Example:
+                  questions: int = 2, keep: int = 1, max_words: int = 160, source: Source = "rules",
+                  articles: int | None = None) -> Example:
     """An article (plus distractor articles as further chunks) and questions about it.
 
     Args:
@@ -340,9 +345,11 @@ def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1
         source: ``rules`` (rule-made questions) or ``written`` (:func:`written_questions`). Written questions
             exist for training-split articles only: a ``heldout`` example (the trainer's held-out monitor) asks
             about an article of the ``valid`` part, never trained on, with distractors from the held-out split.
+        articles: with written questions, train on the first ``articles`` articles only: the overfitting check
+            (can the hypernetwork learn to read a few texts it sees again and again?).
     """
     pool = load_articles(split)
-    article, asked = _article_and_questions(rng, split, source, questions)
+    article, asked = _article_and_questions(rng, split, source, questions, articles)
     k = 1 if rng.random() < p_single else rng.randint(max(2, chunks[0]), max(2, chunks[1]))
     others = [a for a in rng.sample(pool, k + keep) if a.title != article.title][: k - 1 + keep]
     distractors, unrelated = others[: k - 1], others[k - 1:]
