@@ -233,7 +233,6 @@ def test_a_bias_reference_hinge_reads_against_the_document_free_adapter_and_pena
         contrast_loss(tiny_llama.model, batch, adapter, own, pair, margin=0.5, reference="bias")
 
 
-
 @pytest.mark.parametrize("reference", ["partner", "bias"])
 def test_a_contrast_run_logs_the_hinge_and_the_monitor_reports_the_own_text_gap(tiny_llama, tmp_path, reference):
     stage = Stage(name="prose", steps=2, batch_size=3,

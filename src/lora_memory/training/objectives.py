@@ -159,21 +159,19 @@ def contrast_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdap
     Returns:
         The hinge (0 when no row has a partner) and the detached gaps.
     """
+    if reference == "bias" and bias is None:
+        raise ValueError("contrast reference 'bias' needs the bias adapter")
     swapped, index = swapped_rows(batch, partner)
     empty = own.new_zeros(0)
     if index.numel() == 0:
         return ContrastOutput(own.sum() * 0, empty, empty)
     own_rows = own[index.to(own.device)]
-    if reference == "fixed_partner":
-        with torch.no_grad():
-            other = answer_loss(model, swapped, adapter).row_losses
-    else:
+    with torch.set_grad_enabled(torch.is_grad_enabled() and reference != "fixed_partner"):
         other = answer_loss(model, swapped, adapter).row_losses
     gap = other - own_rows
     if reference != "bias":
         return ContrastOutput(torch.relu(margin - gap).mean(), gap.detach(), empty)
-    if bias is None:
-        raise ValueError("contrast reference 'bias' needs the bias adapter")
+    assert bias is not None  # checked on entry
     alone = StudentBatch(swapped.input_ids, swapped.attention_mask, swapped.labels,
                          torch.zeros_like(swapped.row_example))
     with torch.no_grad():
