@@ -251,6 +251,20 @@ def test_a_contrast_run_logs_the_hinge_and_the_monitor_reports_the_own_text_gap(
         TrainConfig(stages=[stage], contrast_weight=1.0, objective="distill")
 
 
+def test_a_run_with_the_teacher_term_logs_its_kl(tiny_llama, tmp_path):
+    stage = Stage(name="prose", steps=2, batch_size=2,
+                  tasks=[TaskSpec(kind="prose", params={"p_single": 1.0, "keep": 0})])
+    config = TrainConfig(hypernet=TINY_HYPERNET, stages=[stage], warmup_steps=1, eval_every=2, eval_examples=2,
+                         checkpoint_every=2, teacher_weight=1.0, out_dir=str(tmp_path / "run"))
+    Trainer(config, base=tiny_llama).run()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2
+    assert all(r["teacher_kl"] > 0 and r["loss"] == pytest.approx(r["answer_loss"] + r["teacher_kl"], rel=1e-4)
+               for r in log)
+    with pytest.raises(ValueError, match="teacher_weight"):
+        TrainConfig(stages=[stage], teacher_weight=1.0, objective="distill")
+
+
 def test_answer_scoring():
     assert contains("It lies on Hakata Bay, in Kyushu.", ["Hakata Bay"])
     assert not contains("Hakatabay", ["Hakata Bay"])

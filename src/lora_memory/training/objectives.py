@@ -7,6 +7,10 @@
   top-k distribution on the teacher's own response tokens (D2L's objective).
 - :func:`keep_loss`: do no harm: on questions the document does not answer, the
   KL divergence from the bare model's distribution to the student's.
+- :func:`teacher_loss`: context distillation on the true answer: at each of its
+  tokens, the KL divergence from the in-context teacher's full distribution (the
+  bare model with the document in its prompt, fed the same answer) to the
+  student's; richer per question than the answer's one token, and no generation.
 - :func:`contrast_loss`: read the document: a hinge that asks each question's answer loss under its
   own document's adapter to sit a margin below a reference: its loss under another document's adapter
   (which cancels what every adapter shares, such as the answer format) or under the document-free
@@ -37,6 +41,8 @@ class LossOutput:
     token_accuracy: float
     exact: float  # fraction of rows whose every target token is the argmax
     row_losses: torch.Tensor  # (M,) each row's mean loss over its target positions
+    logits: torch.Tensor | None = None  # (P, V) the student's logits at the target positions (answer_loss)
+    rows: torch.Tensor | None = None  # (P,) each target position's row (answer_loss)
 
 
 def _target_logits(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter | None
@@ -77,7 +83,7 @@ def answer_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapte
     logits, targets, rows = _target_logits(model, batch, adapter)
     n = batch.input_ids.shape[0]
     per_row = _row_values(F.cross_entropy(logits, targets, reduction="none"), rows, n)
-    return LossOutput(per_row.mean(), *_accuracy(logits, targets, rows, n), per_row)
+    return LossOutput(per_row.mean(), *_accuracy(logits, targets, rows, n), per_row, logits, rows)
 
 
 def distill_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter | None,
@@ -99,6 +105,12 @@ def distill_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapt
     return LossOutput(per_row.mean(), *_accuracy(logits, targets, rows, n), per_row)
 
 
+def _kl_from(logp_target: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """KL(target || student) over the full vocabulary at each position, averaged per row then over rows."""
+    kl = (logp_target.exp() * (logp_target - torch.log_softmax(logits, dim=-1))).sum(-1)  # (P,)
+    return _row_mean(kl, rows, n_rows)
+
+
 def keep_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter) -> torch.Tensor:
     """KL(bare || student) over the full vocabulary at every labelled position, averaged per row then over rows.
 
@@ -108,9 +120,25 @@ def keep_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter)
     with torch.no_grad():
         bare, _, _ = _target_logits(model, batch, None)
     logits, _, rows = _target_logits(model, batch, adapter)
-    logp_bare = torch.log_softmax(bare, dim=-1)
-    kl = (logp_bare.exp() * (logp_bare - torch.log_softmax(logits, dim=-1))).sum(-1)  # (P,)
-    return _row_mean(kl, rows, batch.input_ids.shape[0])
+    return _kl_from(torch.log_softmax(bare, dim=-1), logits, rows, batch.input_ids.shape[0])
+
+
+def teacher_loss(model: PreTrainedModel, student: LossOutput, teacher_batch: StudentBatch) -> torch.Tensor:
+    """KL(in-context teacher || student) at every token of the true answers.
+
+    Args:
+        model: the frozen base model; without an adapter and with the document in its prompt it is the teacher.
+        student: :func:`answer_loss`'s output (its logits and rows) on the question-only batch.
+        teacher_batch: the same questions and answers, each prompt with its document before the question, so its
+            labelled positions are the student's, in the same order.
+    """
+    assert student.logits is not None and student.rows is not None, "teacher_loss needs answer_loss's output"
+    with torch.no_grad():
+        teacher, _, _ = _target_logits(model, teacher_batch, None)
+    if teacher.shape != student.logits.shape:
+        raise ValueError(f"teacher and student label {teacher.shape[0]} and {student.logits.shape[0]} positions: "
+                         "their answers must be the same tokens")
+    return _kl_from(torch.log_softmax(teacher, dim=-1), student.logits, student.rows, student.row_losses.shape[0])
 
 
 def swapped_rows(batch: StudentBatch, partner: torch.Tensor) -> tuple[StudentBatch, torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 from ...chunking import chunk_text
+from ...evaluation.prompts import in_context_prompt
 from ..batching import StudentBatch, answer_ids, student_batch
 from .data import Example
 
@@ -27,15 +28,17 @@ def chunk_examples(tokenizer: PreTrainedTokenizerBase, examples: list[Example], 
 
 
 def qa_batch(tokenizer: PreTrainedTokenizerBase, examples: list[Example], questions_per_example: int | None = None,
-             keep: bool = False) -> StudentBatch:
+             keep: bool = False, in_context: bool = False) -> StudentBatch:
     """One student row per (example, question) with the true answer as the target.
 
-    With ``keep`` the rows are the examples' ``info["keep"]`` questions (about other documents) instead.
+    With ``keep`` the rows are the examples' ``info["keep"]`` questions (about other documents) instead. With
+    ``in_context`` each prompt holds its example's document before the question (the in-context teacher's rows:
+    the same answers at the same labelled positions, in the same order).
     """
     prompts, answers, owner = [], [], []
     for i, ex in enumerate(examples):
         for qa in (ex.info.get("keep", []) if keep else ex.qa[:questions_per_example]):
-            prompts.append(qa.question)
+            prompts.append(in_context_prompt(ex.document, qa.question) if in_context else qa.question)
             answers.append(answer_ids(tokenizer, qa.answer))
             owner.append(i)
     return student_batch(tokenizer, prompts, answers, owner)

@@ -77,6 +77,11 @@ class TrainConfig(BaseModel):
         0.0, ge=0, description="Weight of the do-no-harm term: on questions the document does not answer, "
                                "KL from the bare model's distribution to the student's (prose examples' keep rows)."
     )
+    teacher_weight: float = Field(
+        0.0, ge=0, description="Weight of context distillation on the true answer: at each answer token, KL from "
+                               "the in-context teacher's distribution (the bare model with the document in its "
+                               "prompt) to the student's (training.objectives.teacher_loss)."
+    )
     contrast_weight: float = Field(
         0.0, ge=0, description="Weight of the read-the-document hinge: each question's answer loss under its own "
                                "document's adapter should sit contrast_margin nats below its loss under another "
@@ -110,8 +115,9 @@ class TrainConfig(BaseModel):
             if getattr(self, option) and not self.init_from:
                 raise ValueError(f"{option} grows a saved hypernetwork: set init_from too (or set {fresh} for a "
                                  "fresh one)")
-        if self.contrast_weight and self.objective != "answer_ce":
-            raise ValueError("contrast_weight compares answer losses: it needs objective 'answer_ce'")
+        for option in ("contrast_weight", "teacher_weight"):
+            if getattr(self, option) and self.objective != "answer_ce":
+                raise ValueError(f"{option} works on the answer losses: it needs objective 'answer_ce'")
         return self
 
     @property

@@ -28,7 +28,7 @@ from ...base import LoadedModel, load_base_model
 from ...hypernet import DocToLoRA, HypernetConfig
 from ..checkpoint import read_state, restore_optimizer, save_checkpoint
 from ..diagnostics import adapter_spread
-from ..objectives import LossOutput, answer_loss, contrast_loss, distill_loss, keep_loss, l1_penalty
+from ..objectives import LossOutput, answer_loss, contrast_loss, distill_loss, keep_loss, l1_penalty, teacher_loss
 from .batching import chunk_examples, qa_batch
 from .config import Stage, TrainConfig
 from .data import Example, Split, make_example
@@ -123,6 +123,10 @@ def compute_loss(hypernet: DocToLoRA, base: LoadedModel, examples: list[Example]
     loss = out.loss + config.l1_weight * l1_penalty(adapter) if config.l1_weight else out.loss
     if config.keep_weight and any(ex.info.get("keep") for ex in examples):
         loss = loss + config.keep_weight * keep_loss(base.model, qa_batch(base.tokenizer, examples, keep=True), adapter)
+    if config.teacher_weight:
+        kl = teacher_loss(base.model, out, qa_batch(base.tokenizer, examples, in_context=True))
+        loss = loss + config.teacher_weight * kl
+        extra["teacher_kl"] = kl.item()
     if config.contrast_weight:
         bias = hypernet.bias_adapter() if config.contrast_reference == "bias" else None
         hinge, gap, bias_gap = contrast_loss(base.model, batch, adapter, out.row_losses,
@@ -130,7 +134,7 @@ def compute_loss(hypernet: DocToLoRA, base: LoadedModel, examples: list[Example]
                                              config.contrast_reference, bias)
         loss = loss + config.contrast_weight * hinge
         if gap.numel():
-            extra = {"contrast_hinge": hinge.item(), "own_text_gap": gap.mean().item()}
+            extra.update(contrast_hinge=hinge.item(), own_text_gap=gap.mean().item())
         if bias_gap.numel():
             extra["bias_gap"] = bias_gap.mean().item()
     return loss, out, extra
