@@ -125,6 +125,20 @@ def test_the_overfitting_check_trains_on_the_first_articles_only_and_leaves_the_
     assert held.info["title"] in written_questions("valid")
 
 
+def test_reconstruction_rows_continue_the_articles_own_sentences_in_training_only():
+    plain = prose_example(random.Random(5), "train", p_single=1.0, questions=3, keep=0, source="written")
+    more = prose_example(random.Random(5), "train", p_single=1.0, questions=3, keep=0, source="written",
+                         reconstruct=2)
+    assert more.info["title"] == plain.info["title"] and more.qa[:3] == plain.qa
+    added = more.qa[3:]
+    assert len(added) == 2 and added[0] != added[1]
+    for qa in added:  # the first words, quoted in the question, and the answer make one sentence of the text
+        prefix = qa.question.split('"')[1].removesuffix(" ...")
+        assert f"{prefix} {qa.answer}" in more.document
+    held = [prose_example(random.Random(s), "heldout", source="written", reconstruct=2) for s in range(3)]
+    assert held == [prose_example(random.Random(s), "heldout", source="written") for s in range(3)]
+
+
 def test_parts_are_chunked_separately(tokenizer):
     ex = prose_example(random.Random(2), "train", chunks=(3, 3), p_single=0.0)
     token_ids, groups = chunk_examples(tokenizer, [ex], 256)

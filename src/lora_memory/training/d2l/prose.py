@@ -330,7 +330,7 @@ def _article_and_questions(rng: random.Random, split: Split, source: Source, n: 
 
 def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1, 4), p_single: float = 0.5,
                   questions: int = 2, keep: int = 1, max_words: int = 160, source: Source = "rules",
-                  articles: int | None = None) -> Example:
+                  articles: int | None = None, reconstruct: int = 0) -> Example:
     """An article (plus distractor articles as further chunks) and questions about it.
 
     Args:
@@ -347,6 +347,9 @@ def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1
             about an article of the ``valid`` part, never trained on, with distractors from the held-out split.
         articles: with written questions, train on the first ``articles`` articles only: the overfitting check
             (can the hypernetwork learn to read a few texts it sees again and again?).
+        reconstruct: reconstruction rows added to a training example: this many of its article's sentences
+            (as cut to ``max_words``), each from its first words to the rest; more of the text is supervised per
+            example. Training split only, so the held-out monitor asks the same questions as without them.
     """
     pool = load_articles(split)
     article, asked = _article_and_questions(rng, split, source, questions, articles)
@@ -354,6 +357,9 @@ def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1
     others = [a for a in rng.sample(pool, k + keep) if a.title != article.title][: k - 1 + keep]
     distractors, unrelated = others[: k - 1], others[k - 1:]
     parts = [_fit(article.text, max_words)] + [_fit(a.text, max_words) for a in distractors]
+    if reconstruct and split == "train":
+        made = continuations(rng, article.title, sentences(parts[0]))
+        asked = asked + rng.sample(made, min(reconstruct, len(made)))
     order = list(range(len(parts)))
     rng.shuffle(order)
     keep_qa = []
