@@ -78,6 +78,13 @@ def _accuracy(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n
     return correct.mean().item(), (wrong_per_row == 0).float().mean().item()
 
 
+def token_losses(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy at every target position (P,), in batch order, and each position's row (P,)."""
+    logits, targets, rows = _target_logits(model, batch, adapter)
+    return F.cross_entropy(logits, targets, reduction="none"), rows
+
+
 def answer_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdapter | None) -> LossOutput:
     """Cross-entropy on the answer tokens, averaged per row then over rows."""
     logits, targets, rows = _target_logits(model, batch, adapter)

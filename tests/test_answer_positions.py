@@ -1,0 +1,33 @@
+"""The answer-position diagnostic: which part of an answer a setting's loss sits in."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lora_memory.evaluation.answer_positions import PROMPTS, _parts, answer_positions, positions_markdown
+
+
+def test_positions_split_into_first_inner_and_end():
+    losses = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    rows = torch.tensor([0, 0, 1, 1, 1, 1, 2])  # answers of 2, 4 and 1 labelled tokens
+    parts = _parts(losses, rows)
+    assert parts["first"] == [1.0, 3.0, 7.0]
+    assert parts["inner"] == [4.0, 5.0]
+    assert parts["end"] == [2.0, 6.0]  # a one-token answer's only token counts as its first
+    assert parts["all"] == losses.tolist()
+
+
+def test_the_diagnostic_reports_every_setting_and_the_adapters(tiny_llama, hypernet):
+    base_only = answer_positions(tiny_llama, None, articles=2)
+    assert set(base_only) == set(PROMPTS)
+    with_adapters = answer_positions(tiny_llama, hypernet, articles=2)
+    assert set(with_adapters) == set(PROMPTS) | {"own_adapter", "other_adapter", "bias_adapter"}
+    for setting in PROMPTS:  # the base model's settings do not depend on the hypernetwork
+        assert with_adapters[setting]["all"] == pytest.approx(base_only[setting]["all"], rel=1e-5)
+    closed = with_adapters["closed_book"]
+    weighted = sum(closed[p] * closed[f"n_{p}"] for p in ("first", "inner", "end")) / closed["n_all"]
+    assert closed["all"] == pytest.approx(weighted, rel=1e-5)  # the parts cover every answer token once
+    assert with_adapters["own_adapter"]["n_all"] == closed["n_all"]
+    table = positions_markdown(with_adapters, "tiny")
+    assert "| own adapter |" in table and "| in context one shot |" in table
