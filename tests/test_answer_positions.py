@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lora_memory.evaluation.answer_positions import PROMPTS, _parts, answer_positions, positions_markdown
+from lora_memory.evaluation.answer_positions import (
+    PROMPTS,
+    _fact_nats,
+    _parts,
+    answer_positions,
+    fact_in_sentence,
+    positions_markdown,
+    sentences_markdown,
+)
+from lora_memory.training.batching import answer_ids, student_batch
+from lora_memory.training.objectives import token_losses
 
 
 def test_positions_split_into_first_inner_and_end():
@@ -31,3 +41,24 @@ def test_the_diagnostic_reports_every_setting_and_the_adapters(tiny_llama, hyper
     assert with_adapters["own_adapter"]["n_all"] == closed["n_all"]
     table = positions_markdown(with_adapters, "tiny")
     assert "| own adapter |" in table and "| in context one shot |" in table
+
+
+def test_fact_nats_sum_the_losses_of_the_tokens_inside_the_span(tiny_llama):
+    tok = tiny_llama.tokenizer
+    prompt, answer = "When was Kigali founded?", "It was founded in 1907."
+    start = answer.index("1907")
+    whole, fact = _fact_nats(tiny_llama, [prompt] * 2, [answer] * 2, [(0, len(answer)), (start, start + 4)])
+    batch = student_batch(tok, [prompt], [answer_ids(tok, answer)], [0])
+    losses, _ = token_losses(tiny_llama.model, batch, None)
+    assert whole == pytest.approx(losses[:-1].sum().item(), rel=1e-4)  # every answer token but the end of turn
+    enc = tok(answer, add_special_tokens=False, return_offsets_mapping=True)
+    inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < start + 4 and b > start]
+    assert 0 < len(inside) < len(enc["input_ids"])
+    assert fact == pytest.approx(losses[inside].sum().item(), rel=1e-4)
+
+
+def test_fact_in_sentence_reports_both_forms_in_both_settings(tiny_llama):
+    result = fact_in_sentence(tiny_llama, articles=2)
+    assert result["n"] > 0
+    assert {f"{form}_{s}" for form in ("span", "sentence") for s in ("closed_book", "in_context")} <= set(result)
+    assert "| sentence |" in sentences_markdown(result)

@@ -12,6 +12,12 @@ format shown); and, with a hypernetwork, its own article's adapter, the next
 article's adapter and the document-free bias adapter. So it says what an
 in-context teacher could add over the true answers (context distillation), and
 which part of the answer an adapter reads from its text.
+
+``--sentences`` asks instead how much the article helps with the *fact* when the
+answer is the article's own sentence that holds it (the fact's tokens then follow a
+restatement) against the bare span: for every question whose answer lies in one
+sentence of the text, the nats summed over the fact's tokens, closed-book and in
+context, in both forms.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 from ..base import LoadedModel, load_base_model
 from ..hypernet import DocToLoRA
 from ..training.batching import StudentBatch, answer_ids, student_batch
-from ..training.d2l.prose import Article, written_articles, written_questions
+from ..training.d2l.prose import Article, sentences, written_articles, written_questions
 from ..training.objectives import token_losses
 from .prompts import in_context_prompt
 
@@ -83,6 +89,51 @@ def answer_positions(base: LoadedModel, hypernet: DocToLoRA | None = None, artic
             for setting, parts in collected.items()}
 
 
+def _fact_nats(base: LoadedModel, prompts: list[str], answers: list[str], spans: list[tuple[int, int]]
+               ) -> list[float]:
+    """Each answer's loss summed over the tokens that overlap its character span ``spans[i]``."""
+    tok = base.tokenizer
+    ids, masks = [], []
+    for answer, (start, end) in zip(answers, spans, strict=True):
+        enc = tok(answer, add_special_tokens=False, return_offsets_mapping=True)
+        ids.append(enc["input_ids"] + [tok.eos_token_id])
+        masks.append([a < end and b > start for a, b in enc["offset_mapping"]] + [False])
+    losses, rows = token_losses(base.model, student_batch(tok, prompts, ids, list(range(len(ids)))), None)
+    fact = torch.tensor([m for mask in masks for m in mask])
+    sums = torch.zeros(len(ids)).index_add(0, rows[fact].cpu(), losses[fact].float().cpu())
+    return sums.tolist()
+
+
+@torch.no_grad()
+def fact_in_sentence(base: LoadedModel, articles: int = 60) -> dict[str, float]:
+    """Nats summed over the fact's tokens: span or sentence answers, closed-book or in context (means over facts)."""
+    valid = written_questions("valid")
+    out: dict[str, list[float]] = {}
+    for article in written_articles("valid")[:articles]:
+        for qa in (wordings[0] for wordings in valid[article.title]):
+            sentence = next((s for s in sentences(article.text) if qa.answer in s), None)
+            if sentence is None:
+                continue
+            at = sentence.index(qa.answer)
+            forms = {"span": (qa.answer, (0, len(qa.answer))), "sentence": (sentence, (at, at + len(qa.answer)))}
+            for form, (answer, span) in forms.items():
+                for setting in ("closed_book", "in_context"):
+                    prompt = PROMPTS[setting](article, qa.question)
+                    assert isinstance(prompt, str)
+                    out.setdefault(f"{form}_{setting}", []).extend(_fact_nats(base, [prompt], [answer], [span]))
+    means = {key: sum(v) / len(v) for key, v in out.items()}
+    return {**means, "n": float(len(out["span_closed_book"]))}
+
+
+def sentences_markdown(result: dict[str, float]) -> str:
+    lines = [f"Nats over the fact's tokens ({result['n']:.0f} facts found in one sentence of their article)", "",
+             "| answer form | closed-book | in context | what the article adds |", "|---|---:|---:|---:|"]
+    for form in ("span", "sentence"):
+        closed, ctx = result[f"{form}_closed_book"], result[f"{form}_in_context"]
+        lines.append(f"| {form} | {closed:.2f} | {ctx:.2f} | {closed - ctx:.2f} |")
+    return "\n".join(lines)
+
+
 def positions_markdown(result: dict[str, dict[str, float]], name: str) -> str:
     lines = [f"Answer loss by position (nats; {name}; {result['closed_book']['n_all']:.0f} answer tokens)", "",
              "| setting | first token | inner tokens | end of turn | all |", "|---|---:|---:|---:|---:|"]
@@ -98,9 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--articles", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--sentences", action="store_true", help="Span against sentence answers: what the article "
+                                                                 "adds to the fact's tokens (no hypernetwork).")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = load_base_model("embedded", dtype=args.dtype, device="cpu")
+    if args.sentences:
+        facts = fact_in_sentence(base, args.articles)
+        print(sentences_markdown(facts))
+        print(json.dumps(facts))
+        return 0
     hypernet = DocToLoRA.from_pretrained(args.hypernet, base=base).eval() if args.hypernet else None
     result = answer_positions(base, hypernet, args.articles)
     print(positions_markdown(result, args.hypernet or "base model only"))
