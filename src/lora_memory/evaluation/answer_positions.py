@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..adapter import LoRAAdapter
 from ..base import LoadedModel, load_base_model
 from ..hypernet import DocToLoRA
 from ..training.batching import StudentBatch, answer_ids, student_batch
@@ -67,12 +68,13 @@ def answer_positions(base: LoadedModel, hypernet: DocToLoRA | None = None, artic
     tok = base.tokenizer
     collected: dict[str, dict[str, list[float]]] = {}
 
-    def add(setting: str, batch: StudentBatch, adapter: object | None) -> None:
-        losses, rows = token_losses(base.model, batch, adapter)  # type: ignore[arg-type]
+    def add(setting: str, batch: StudentBatch, adapter: LoRAAdapter | None) -> None:
+        losses, rows = token_losses(base.model, batch, adapter)
         for part, values in _parts(losses.float(), rows).items():
             collected.setdefault(setting, {p: [] for p in PARTS})[part].extend(values)
 
-    adapters = [hypernet.internalize(base, a.text) for a in chosen] if hypernet is not None else []
+    adapters = [hypernet.internalize(base, a.text).as_batch() for a in chosen] if hypernet is not None else []
+    bias = hypernet.bias_adapter().as_batch() if hypernet is not None else None
     for i, article in enumerate(chosen):
         qas = [wordings[0] for wordings in valid[article.title]]
         answers = [answer_ids(tok, qa.answer) for qa in qas]
@@ -81,9 +83,9 @@ def answer_positions(base: LoadedModel, hypernet: DocToLoRA | None = None, artic
             add(setting, student_batch(tok, [prompt(article, qa.question) for qa in qas], answers, owner), None)
         if hypernet is not None:
             batch = student_batch(tok, [qa.question for qa in qas], answers, owner)
-            add("own_adapter", batch, adapters[i].as_batch())
-            add("other_adapter", batch, adapters[(i + 1) % len(chosen)].as_batch())
-            add("bias_adapter", batch, hypernet.bias_adapter().as_batch())
+            add("own_adapter", batch, adapters[i])
+            add("other_adapter", batch, adapters[(i + 1) % len(chosen)])
+            add("bias_adapter", batch, bias)
     return {setting: {**{p: sum(v) / max(1, len(v)) for p, v in parts.items()},
                       **{f"n_{p}": float(len(v)) for p, v in parts.items()}}
             for setting, parts in collected.items()}
@@ -115,12 +117,12 @@ def fact_in_sentence(base: LoadedModel, articles: int = 60) -> dict[str, float]:
             if sentence is None:
                 continue
             at = sentence.index(qa.answer)
-            forms = {"span": (qa.answer, (0, len(qa.answer))), "sentence": (sentence, (at, at + len(qa.answer)))}
-            for form, (answer, span) in forms.items():
-                for setting in ("closed_book", "in_context"):
-                    prompt = PROMPTS[setting](article, qa.question)
-                    assert isinstance(prompt, str)
-                    out.setdefault(f"{form}_{setting}", []).extend(_fact_nats(base, [prompt], [answer], [span]))
+            spans = [(0, len(qa.answer)), (at, at + len(qa.answer))]
+            prompts = {"closed_book": qa.question, "in_context": in_context_prompt(article.text, qa.question)}
+            for setting, prompt in prompts.items():
+                span_nats, sentence_nats = _fact_nats(base, [prompt] * 2, [qa.answer, sentence], spans)
+                out.setdefault(f"span_{setting}", []).append(span_nats)
+                out.setdefault(f"sentence_{setting}", []).append(sentence_nats)
     means = {key: sum(v) / len(v) for key, v in out.items()}
     return {**means, "n": float(len(out["span_closed_book"]))}
 
