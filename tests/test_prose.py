@@ -27,15 +27,17 @@ from lora_memory.training.batching import StudentBatch
 from lora_memory.training.cli import add_eval_arguments, section_name, write_section
 from lora_memory.training.d2l.batching import chunk_examples, qa_batch
 from lora_memory.training.d2l.config import Stage, TaskSpec, TrainConfig
-from lora_memory.training.d2l.data import needle_example
+from lora_memory.training.d2l.data import QA, needle_example
 from lora_memory.training.d2l.prose import (
     BLANK,
     _fit,
     article_questions,
+    as_sentence_answers,
     corpus_path,
     load_articles,
     prose_example,
     split_of_title,
+    through_answer,
     written_articles,
     written_part,
     written_questions,
@@ -137,6 +139,28 @@ def test_reconstruction_rows_continue_the_articles_own_sentences_in_training_onl
         assert f"{prefix} {qa.answer}" in more.document
     held = [prose_example(random.Random(s), "heldout", source="written", reconstruct=2) for s in range(3)]
     assert held == [prose_example(random.Random(s), "heldout", source="written") for s in range(3)]
+
+
+def test_through_answer_cuts_after_the_answers_clause():
+    sentence = "Kigali, the capital, was founded in 1907, and it grew fast; it is big."
+    assert through_answer(sentence, "1907") == "Kigali, the capital, was founded in 1907."
+    assert through_answer(sentence, "capital") == "Kigali, the capital."
+    assert through_answer("It has 2,870,000 people.", "2,870,000") == "It has 2,870,000 people."
+    assert through_answer("It lies in Asia", "Asia") == "It lies in Asia."
+
+
+def test_sentence_answers_are_the_articles_sentences_for_training_and_monitor_alike():
+    text = "Kigali is a city. It was founded in 1907, by Richard Kandt. Its mayor is Jane Doe."
+    asked = [QA("When was Kigali founded?", "1907"), QA("Who leads Kigali?", "Jane Doe"), QA("Odd?", "absent")]
+    assert [qa.answer for qa in as_sentence_answers(text, asked)] == [
+        "It was founded in 1907.", "Its mayor is Jane Doe.", "absent"]
+    for split in ("train", "heldout"):
+        span = prose_example(random.Random(3), split, p_single=1.0, questions=3, keep=0, source="written")
+        full = prose_example(random.Random(3), split, p_single=1.0, questions=3, keep=0, source="written",
+                             answers="sentence")
+        assert full.document == span.document and [q.question for q in full.qa] == [q.question for q in span.qa]
+        for short, long in zip(span.qa, full.qa):
+            assert short.answer in long.answer and long.answer.rstrip(".") in full.document
 
 
 def test_parts_are_chunked_separately(tokenizer):
@@ -325,6 +349,11 @@ def test_written_validation_asks_only_the_validation_part(tiny_llama):
     moved = evaluate_written_validation(hypernet, tiny_llama, articles=2, max_new_tokens=2, progress=False)
     assert moved["loss_own"] != pytest.approx(moved["loss_closed"])
     assert moved["loss_own"] != pytest.approx(moved["loss_other"])  # another article's adapter is another adapter
+    sentences = evaluate_written_validation(hypernet, tiny_llama, articles=2, max_new_tokens=2, answers="sentence",
+                                            progress=False)
+    assert sentences["in_context"] == moved["in_context"] and sentences["internalized"] == moved["internalized"]
+    assert sentences["loss_own"] != pytest.approx(moved["loss_own"])  # other targets, the same adapters
+    assert "sentence through the answer" in validation_markdown(sentences, "tiny")
 
 
 def test_write_section_replaces_only_its_own_block(tmp_path):

