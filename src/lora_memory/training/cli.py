@@ -108,9 +108,9 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.validation:
             from ..evaluation.prose import evaluate_written_validation, validation_markdown
 
-            form = "sentence" if args.sentence_answers else "span"
             result = evaluate_written_validation(hypernet, base, 10 if args.quick else 60,
-                                                 max_new_tokens=48 if args.sentence_answers else 24, answers=form)
+                                                 max_new_tokens=48 if args.sentence_answers else 24,
+                                                 answers="sentence" if args.sentence_answers else "span")
             table = validation_markdown(result, name)
         else:
             table = evaluate_prose(hypernet, base, quick=args.quick, replies_path=args.replies).to_markdown(name)
