@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 
 import pytest
@@ -17,6 +18,7 @@ from lora_memory.evaluation.prose import (
     evaluate_questions,
     evaluate_written_validation,
     handwritten_questions,
+    lift,
     rule_questions,
     validation_markdown,
     written_capacity_questions,
@@ -308,6 +310,12 @@ def test_answer_scoring():
     assert not contains("Hakatabay", ["Hakata Bay"])
     assert not contains("In 19070.", ["1907"])
     assert exact_match("Kyushu.", ["Kyūshū", "Kyushu"]) and not exact_match("Kyushu, Japan", ["Kyushu"])
+
+
+def test_lift_is_the_share_of_the_in_context_help():
+    assert lift(0.3, 0.1, 0.5) == pytest.approx(0.5) and lift(0.1, 0.1, 0.5) == 0.0
+    assert lift(0.0, 0.1, 0.5) < 0  # worse than closed-book
+    assert math.isnan(lift(0.2, 0.3, 0.3))  # the document does not help in context: no lift to measure
 
 
 def test_question_sets_are_held_out():

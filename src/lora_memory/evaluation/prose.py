@@ -75,6 +75,13 @@ class ProseQuestion:
     type: str
 
 
+def lift(score: float, closed_book: float, in_context: float) -> float:
+    """How much of the document's in-context help a setting recovers: (score - closed-book) / (in-context -
+    closed-book); NaN where the document does not help in context.
+    """
+    return (score - closed_book) / (in_context - closed_book) if in_context > closed_book else float("nan")
+
+
 def handwritten_questions(path: Path = QUESTIONS_FILE) -> list[ProseQuestion]:
     """The hand-written set: every title is checked to be in the held-out split."""
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -154,8 +161,7 @@ class ProseReport:
                       "| setting | contains | exact | lift |", "|---|---:|---:|---:|"]
             cb, ic = settings["closed-book"]["contains"], settings["in-context"]["contains"]
             for setting, m in settings.items():
-                lift = (m["contains"] - cb) / (ic - cb) if ic > cb else float("nan")
-                lines.append(f"| {setting} | {m['contains']:.2f} | {m['exact']:.2f} | {lift:.2f} |")
+                lines.append(f"| {setting} | {m['contains']:.2f} | {m['exact']:.2f} | {lift(m['contains'], cb, ic):.2f} |")
             types = self.by_type.get(name, {})
             if types:
                 cols = ["closed-book", "in-context", "internalized top-1"]
@@ -300,7 +306,8 @@ def validation_markdown(result: dict[str, float], hypernet_name: str) -> str:
         f"articles of the validation part, never trained on; greedy, {result['max_new_tokens']:.0f} new tokens. "
         f"Answer loss: nats per answer token of {form}, averaged per question. What the adapter carries about "
         f"its own article: {result['loss_other'] - result['loss_own']:.2f} nats (another article's loss minus the "
-        "own one's)."])
+        f"own one's). Lift (internalized - closed-book) / (in context - closed-book): "
+        f"{lift(result['internalized'], result['closed_book'], result['in_context']):.2f}."])
 
 
 CapacityVariant = Literal["rules", "everything", "written"]
