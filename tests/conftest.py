@@ -131,7 +131,24 @@ def random_lora(model: torch.nn.Module, rank: int = 4, suffixes: tuple[str, ...]
     return LoRAAdapter(weights, scaling=scaling)
 
 
+def trainable_rows(model: torch.nn.Module, seeds: tuple[int, ...] = (0, 1)) -> tuple[list[LoRAAdapter], LoRAAdapter]:
+    """Random rank-4 adapters, one per seed, and their batched stack with gradients on: a stand-in for a
+    hypernetwork's per-example adapters in tests of the training objectives."""
+    rows = [random_lora(model, rank=4, scaling=1.0, seed=s) for s in seeds]
+    stacked = LoRAAdapter.stack(rows)
+    for w in stacked.weights.values():
+        w.A.requires_grad_(True)
+        w.B.requires_grad_(True)
+    return rows, stacked
+
+
 @pytest.fixture(scope="session")
 def make_lora() -> Callable[..., LoRAAdapter]:
     """:func:`random_lora` as a fixture: ``make_lora(model, rank=4, suffixes=(...), scaling=1.0, seed=0)``."""
     return random_lora
+
+
+@pytest.fixture(scope="session")
+def make_trainable_rows() -> Callable[..., tuple[list[LoRAAdapter], LoRAAdapter]]:
+    """:func:`trainable_rows` as a fixture: ``make_trainable_rows(model, seeds=(0, 1))``."""
+    return trainable_rows

@@ -229,21 +229,17 @@ def test_contrast_hinge_is_the_margin_for_equal_adapters_and_falls_when_own_read
     assert none.item() == 0.0 and empty.numel() == 0
 
 
-def _two_prose_rows(tiny_llama, make_lora):
+def _two_prose_rows(tiny_llama, make_trainable_rows):
     """Two articles' question rows, a trainable batched adapter of two different rows, and its partners."""
     rng = random.Random(4)
     examples = [prose_example(rng, "train", p_single=1.0) for _ in range(2)]
     batch = qa_batch(tiny_llama.tokenizer, examples)
-    rows = [make_lora(tiny_llama.model, rank=4, scaling=1.0, seed=s) for s in (0, 1)]
-    adapter = LoRAAdapter.stack(rows)
-    for w in adapter.weights.values():
-        w.A.requires_grad_(True)
-        w.B.requires_grad_(True)
+    rows, adapter = make_trainable_rows(tiny_llama.model)
     return batch, adapter, partners(examples, {"prose"}), rows[0]
 
 
-def test_a_fixed_partner_hinge_moves_only_the_own_loss(tiny_llama, make_lora):
-    batch, adapter, pair, _ = _two_prose_rows(tiny_llama, make_lora)
+def test_a_fixed_partner_hinge_moves_only_the_own_loss(tiny_llama, make_trainable_rows):
+    batch, adapter, pair, _ = _two_prose_rows(tiny_llama, make_trainable_rows)
     free, _, _ = contrast_loss(tiny_llama.model, batch, adapter, torch.zeros(batch.input_ids.shape[0]),
                                pair, margin=50.0)
     fixed, gap, _ = contrast_loss(tiny_llama.model, batch, adapter, torch.zeros(batch.input_ids.shape[0]),
@@ -253,8 +249,8 @@ def test_a_fixed_partner_hinge_moves_only_the_own_loss(tiny_llama, make_lora):
     assert gap.numel() == batch.input_ids.shape[0]
 
 
-def test_a_bias_reference_hinge_reads_against_the_document_free_adapter_and_penalises_harm(tiny_llama, make_lora):
-    batch, adapter, pair, bias = _two_prose_rows(tiny_llama, make_lora)
+def test_a_bias_reference_hinge_reads_against_the_document_free_adapter_and_penalises_harm(tiny_llama, make_trainable_rows):
+    batch, adapter, pair, bias = _two_prose_rows(tiny_llama, make_trainable_rows)
     own = answer_loss(tiny_llama.model, batch, adapter).row_losses
     hinge, gap, bias_gap = contrast_loss(tiny_llama.model, batch, adapter, own, pair, margin=0.5,
                                          reference="bias", bias=bias)

@@ -7,7 +7,6 @@ import random
 import pytest
 import torch
 
-from lora_memory.adapter import LoRAAdapter
 from lora_memory.evaluation.prompts import in_context_prompt
 from lora_memory.training.d2l.batching import qa_batch
 from lora_memory.training.d2l.prose import prose_example
@@ -18,14 +17,6 @@ from lora_memory.training.objectives import _target_logits, answer_loss, teacher
 def examples():
     rng = random.Random(7)
     return [prose_example(rng, "train", p_single=1.0, keep=0) for _ in range(2)]
-
-
-def _trainable(tiny_llama, make_lora) -> LoRAAdapter:
-    adapter = LoRAAdapter.stack([make_lora(tiny_llama.model, rank=4, scaling=1.0, seed=s) for s in (0, 1)])
-    for w in adapter.weights.values():
-        w.A.requires_grad_(True)
-        w.B.requires_grad_(True)
-    return adapter
 
 
 def test_the_teacher_rows_hold_the_document_and_label_the_same_answer_tokens(tiny_llama, examples):
@@ -39,13 +30,14 @@ def test_the_teacher_rows_hold_the_document_and_label_the_same_answer_tokens(tin
     assert examples[0].document not in tiny_llama.tokenizer.decode(student.input_ids[0])
 
 
-def test_teacher_loss_is_zero_against_itself_and_the_kl_to_the_in_context_teacher(tiny_llama, make_lora, examples):
+def test_teacher_loss_is_zero_against_itself_and_the_kl_to_the_in_context_teacher(tiny_llama, make_trainable_rows,
+                                                                                   examples):
     tok, model = tiny_llama.tokenizer, tiny_llama.model
     student = qa_batch(tok, examples)
     bare = answer_loss(model, student, None)
     assert teacher_loss(model, bare, student).item() == pytest.approx(0.0, abs=1e-5)  # the bare model is its own teacher
 
-    adapter = _trainable(tiny_llama, make_lora)
+    _, adapter = make_trainable_rows(tiny_llama.model)
     out = answer_loss(model, student, adapter)
     teacher = qa_batch(tok, examples, in_context=True)
     kl = teacher_loss(model, out, teacher)
