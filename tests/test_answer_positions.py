@@ -62,3 +62,14 @@ def test_fact_in_sentence_reports_both_forms_in_both_settings(tiny_llama):
     assert result["n"] > 0
     assert {f"{form}_{s}" for form in ("span", "sentence") for s in ("closed_book", "in_context")} <= set(result)
     assert "| sentence |" in sentences_markdown(result)
+
+
+def test_fact_in_sentence_with_a_hypernetwork_adds_its_own_and_another_articles_adapter(tiny_llama, hypernet):
+    base_only = fact_in_sentence(tiny_llama, articles=2)
+    result = fact_in_sentence(tiny_llama, articles=2, hypernet=hypernet)
+    for form in ("span", "sentence"):
+        assert result[f"{form}_closed_book"] == pytest.approx(base_only[f"{form}_closed_book"], rel=1e-5)
+        assert result[f"{form}_own_adapter"] != pytest.approx(result[f"{form}_closed_book"])
+        assert result[f"{form}_own_adapter"] != pytest.approx(result[f"{form}_other_adapter"])
+    table = sentences_markdown(result)
+    assert "own adapter | other adapter |" in table and "own adapter" not in sentences_markdown(base_only)

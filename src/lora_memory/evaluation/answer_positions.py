@@ -17,7 +17,8 @@ which part of the answer an adapter reads from its text.
 answer is the article's own sentence that holds it (the fact's tokens then follow a
 restatement) against the bare span: for every question whose answer lies in one
 sentence of the text, the nats summed over the fact's tokens, closed-book and in
-context, in both forms.
+context (and, with ``--hypernet``, under its own and the next article's adapter), in
+both forms.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ..adapter import LoRAAdapter
 from ..base import LoadedModel, load_base_model
 from ..hypernet import DocToLoRA
 from ..training.batching import StudentBatch, answer_ids, student_batch
-from ..training.d2l.prose import Article, answer_sentence, written_articles, written_questions
+from ..training.d2l.prose import Article, answer_sentence, through_answer, written_articles, written_questions
 from ..training.objectives import token_losses
 from .prompts import in_context_prompt
 
@@ -91,36 +92,49 @@ def answer_positions(base: LoadedModel, hypernet: DocToLoRA | None = None, artic
             for setting, parts in collected.items()}
 
 
-def _fact_nats(base: LoadedModel, prompts: list[str], answers: list[str], spans: list[tuple[int, int]]
-               ) -> list[float]:
-    """Each answer's loss summed over the tokens that overlap its character span ``spans[i]``."""
+def _fact_nats(base: LoadedModel, prompts: list[str], answers: list[str], spans: list[tuple[int, int]],
+               adapter: LoRAAdapter | None = None) -> list[float]:
+    """Each answer's loss summed over the tokens that overlap its character span ``spans[i]`` (every row with
+    ``adapter``, a single-row batched adapter, if given).
+    """
     tok = base.tokenizer
     ids, masks = [], []
     for answer, (start, end) in zip(answers, spans, strict=True):
         enc = tok(answer, add_special_tokens=False, return_offsets_mapping=True)
         ids.append(enc["input_ids"] + [tok.eos_token_id])
         masks.append([a < end and b > start for a, b in enc["offset_mapping"]] + [False])
-    losses, rows = token_losses(base.model, student_batch(tok, prompts, ids, list(range(len(ids)))), None)
+    owner = [0] * len(ids) if adapter is not None else list(range(len(ids)))
+    losses, rows = token_losses(base.model, student_batch(tok, prompts, ids, owner), adapter)
     fact = torch.tensor([m for mask in masks for m in mask])
     sums = torch.zeros(len(ids)).index_add(0, rows[fact].cpu(), losses[fact].float().cpu())
     return sums.tolist()
 
 
 @torch.no_grad()
-def fact_in_sentence(base: LoadedModel, articles: int = 60) -> dict[str, float]:
-    """Nats summed over the fact's tokens: span or sentence answers, closed-book or in context (means over facts)."""
+def fact_in_sentence(base: LoadedModel, articles: int = 60, hypernet: DocToLoRA | None = None) -> dict[str, float]:
+    """Nats summed over the fact's tokens: span or sentence answers (the article's sentence through the answer's
+    clause, as ``answers="sentence"`` training targets are), closed-book or in context, and with a hypernetwork
+    its own article's adapter and the next article's (means over facts).
+    """
     valid = written_questions("valid")
+    chosen = list(written_articles("valid")[:articles])
+    adapters = [hypernet.internalize(base, a.text).as_batch() for a in chosen] if hypernet is not None else []
     out: dict[str, list[float]] = {}
-    for article in written_articles("valid")[:articles]:
+    for i, article in enumerate(chosen):
         for qa in (wordings[0] for wordings in valid[article.title]):
             sentence = answer_sentence(article.text, qa.answer)
             if sentence is None:
                 continue
+            sentence = through_answer(sentence, qa.answer)
             at = sentence.index(qa.answer)
             spans = [(0, len(qa.answer)), (at, at + len(qa.answer))]
-            prompts = {"closed_book": qa.question, "in_context": in_context_prompt(article.text, qa.question)}
-            for setting, prompt in prompts.items():
-                span_nats, sentence_nats = _fact_nats(base, [prompt] * 2, [qa.answer, sentence], spans)
+            settings: dict[str, tuple[str, LoRAAdapter | None]] = {
+                "closed_book": (qa.question, None), "in_context": (in_context_prompt(article.text, qa.question), None)}
+            if adapters:
+                settings.update(own_adapter=(qa.question, adapters[i]),
+                                other_adapter=(qa.question, adapters[(i + 1) % len(chosen)]))
+            for setting, (prompt, adapter) in settings.items():
+                span_nats, sentence_nats = _fact_nats(base, [prompt] * 2, [qa.answer, sentence], spans, adapter)
                 out.setdefault(f"span_{setting}", []).append(span_nats)
                 out.setdefault(f"sentence_{setting}", []).append(sentence_nats)
     means = {key: sum(v) / len(v) for key, v in out.items()}
@@ -128,11 +142,14 @@ def fact_in_sentence(base: LoadedModel, articles: int = 60) -> dict[str, float]:
 
 
 def sentences_markdown(result: dict[str, float]) -> str:
+    settings = [s for s in ("closed_book", "in_context", "own_adapter", "other_adapter") if f"span_{s}" in result]
     lines = [f"Nats over the fact's tokens ({result['n']:.0f} facts found in one sentence of their article)", "",
-             "| answer form | closed-book | in context | what the article adds |", "|---|---:|---:|---:|"]
+             "| answer form | " + " | ".join(s.replace("_", " ") for s in settings) + " | what the article adds |",
+             "|---|" + "---:|" * (len(settings) + 1)]
     for form in ("span", "sentence"):
         closed, ctx = result[f"{form}_closed_book"], result[f"{form}_in_context"]
-        lines.append(f"| {form} | {closed:.2f} | {ctx:.2f} | {closed - ctx:.2f} |")
+        lines.append(f"| {form} | " + " | ".join(f"{result[f'{form}_{s}']:.2f}" for s in settings)
+                     + f" | {closed - ctx:.2f} |")
     return "\n".join(lines)
 
 
@@ -152,16 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--sentences", action="store_true", help="Span against sentence answers: what the article "
-                                                                 "adds to the fact's tokens (no hypernetwork).")
+                                                                 "adds to the fact's tokens (with --hypernet, also "
+                                                                 "under the own and the next article's adapter).")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = load_base_model("embedded", dtype=args.dtype, device="cpu")
+    hypernet = DocToLoRA.from_pretrained(args.hypernet, base=base).eval() if args.hypernet else None
     if args.sentences:
-        facts = fact_in_sentence(base, args.articles)
+        facts = fact_in_sentence(base, args.articles, hypernet)
         print(sentences_markdown(facts))
         print(json.dumps(facts))
         return 0
-    hypernet = DocToLoRA.from_pretrained(args.hypernet, base=base).eval() if args.hypernet else None
     result = answer_positions(base, hypernet, args.articles)
     print(positions_markdown(result, args.hypernet or "base model only"))
     print(json.dumps(result))
