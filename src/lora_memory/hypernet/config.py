@@ -25,6 +25,16 @@ class HypernetConfig(SavedConfig):
     :meth:`lora_memory.hypernet.DocToLoRA.for_base_model`; the rest are choices.
     """
 
+    reader: Literal["learned", "associative"] = Field(
+        "learned", description="learned: a trained trunk and heads write A and B (DocToLoRA); associative: a "
+                               "closed-form associative memory of the chunk's next tokens, keyed on the target "
+                               "modules' own inputs (hypernet.associative.AssociativeReader), nothing trained but "
+                               "the key covariance."
+    )
+    associative_alpha: float = Field(64.0, gt=0, description="Associative reader: scale of each stored next-token "
+                                                             "output embedding.")
+    associative_mu: float = Field(1.0, gt=0, description="Associative reader: weight of the key covariance against "
+                                                         "the chunk's own keys (larger: other inputs move less).")
     trunk: Literal["pooling", "perceiver"] = Field("pooling", description="Direct attention pooling, or a Perceiver.")
     target_module: str = Field("mlp.down_proj", description="Name suffix of the LoRA target inside each layer.")
     target_layers: list[int] | None = Field(None, description="Layers that get LoRA; None means all.")
@@ -76,6 +86,9 @@ class HypernetConfig(SavedConfig):
 
     @model_validator(mode="after")
     def _check(self) -> HypernetConfig:
+        if self.reader == "associative" and (not self.activation_keys or self.chat_wrap or self.dedupe_bias):
+            raise ValueError("the associative reader keys on the target modules' inputs over the bare chunk and has "
+                             "no bias: it needs activation_keys=true, chat_wrap=false and dedupe_bias=false")
         if self.activation_keys and self.trunk != "pooling":
             raise ValueError("activation_keys is a pooling-trunk option")
         if self.trunk == "perceiver" and self.latent_dim % self.n_heads:

@@ -41,8 +41,19 @@ class DocToLoRA(PretrainedHypernet):
         if config.base_hidden_size is None or config.module_d_in is None:
             raise ValueError("config is not bound to a base model; use DocToLoRA.for_base_model")
         super().__init__(config)
+        if config.reader != "learned":
+            return  # the variant's class (class_for) holds what it needs instead of a trunk and heads
         self.trunk = build_trunk(config)
         self.heads = LoRAHeads(config, self.trunk.out_dim)
+
+    @classmethod
+    def class_for(cls, config: HypernetConfig) -> type[DocToLoRA]:
+        """:class:`~lora_memory.hypernet.associative.AssociativeReader` for ``reader="associative"``, else ``cls``."""
+        if config.reader == "associative":
+            from .associative import AssociativeReader
+
+            return AssociativeReader
+        return cls
 
     # -------------------------------------------------------------- building
     def widen_heads(self, head_rank: int) -> DocToLoRA:
@@ -115,7 +126,7 @@ class DocToLoRA(PretrainedHypernet):
             "module_d_in": d_in,
             "module_d_out": d_out,
         })
-        return cls(bound)
+        return cls.class_for(bound)(bound)
 
     # ------------------------------------------------------------- forward
     def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None) -> LoRAAdapter:

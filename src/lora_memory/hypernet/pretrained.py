@@ -41,6 +41,11 @@ class PretrainedHypernet(nn.Module):
         self.config = config
         self._fingerprint: str | None = None
 
+    @classmethod
+    def class_for(cls: type[H], config: Any) -> type[H]:
+        """The class that builds a hypernetwork of ``config`` (a subclass may pick a variant by config)."""
+        return cls
+
     def check_base(self, base: LoadedModel) -> None:
         """Raise :class:`IncompatibleAdapterError` unless ``base`` is the model this was built for."""
         want = self.config.base_fingerprint
@@ -91,7 +96,7 @@ class PretrainedHypernet(nn.Module):
         try:
             config = cls.config_class.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
             tensors = load_file(str(directory / WEIGHTS_NAME), device=str(device))
-            model = cls(config)
+            model = cls.class_for(config)(config)
             model.load_state_dict(tensors, strict=True)
         except (json.JSONDecodeError, SafetensorError, ValueError, RuntimeError) as exc:
             raise CorruptEntryError(f"cannot read {cls.kind} in {directory}: {exc}") from exc

@@ -1,0 +1,143 @@
+"""The associative reader: a closed-form Doc-to-LoRA that stores a chunk's next tokens in the target modules.
+
+Nothing is trained. For each target module (``mlp.down_proj`` of a late layer by
+default) the chunk is run through the frozen base model and, at every position t,
+the module's input ``k_t`` (the key) is paired with the output embedding of the
+chunk's next token ``v_t = alpha * E[token_{t+1}]`` (the value). The adapter is the
+least-squares associative memory of those pairs (as MEMIT edits a model):
+
+    delta_W = V K^T (mu C + K K^T)^-1
+
+where ``C`` is the covariance of the module's inputs over ordinary text (fitted once
+on training-split articles, :meth:`AssociativeReader.fit`). ``C`` keeps the update
+small along directions that other inputs use, so the memory fires where the
+question's context resembles the chunk's. At query time a reply that restates the
+question ("The epicenter ... was in the") meets the chunk's key for that context,
+and the stored next token is promoted.
+
+As a LoRA: ``B = alpha * V`` (d_out, T-1) and ``A = (mu I + K P K^T)^-1 K P``
+(T-1, d_in) with ``P = C^-1`` (the Woodbury form of the same solve: a (T-1)-square
+system per chunk instead of a d_in-square one). The rank is the chunk's length, so
+composing chunks along rank sums their memories, as the learned reader's do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..adapter import LoRAAdapter, LoRAWeights, compose
+from ..base import LoadedModel
+from ..chunking import Chunk, chunk_text
+from .config import HypernetConfig
+from .model import DocToLoRA
+
+# the defaults measured best on held-out prose (docs/training.md, "The associative reader")
+ASSOCIATIVE_DEFAULTS: dict[str, Any] = {"reader": "associative", "target_layers": [24], "activation_keys": True,
+                                        "chat_wrap": False, "dedupe_bias": False, "input_layer": None}
+RIDGE = 1e-2  # C gets this share of its mean diagonal added, so its inverse exists on any corpus
+
+
+class AssociativeReader(DocToLoRA):
+    """A Doc-to-LoRA whose adapters are closed-form associative memories of each chunk (see the module doc)."""
+
+    kind = "associative Doc-to-LoRA reader"
+
+    def __init__(self, config: HypernetConfig):
+        if config.reader != "associative":
+            raise ValueError(f"AssociativeReader needs reader='associative', got {config.reader!r}")
+        super().__init__(config)
+        assert config.module_d_in is not None  # checked by DocToLoRA
+        n, d = len(config.layers), config.module_d_in
+        # a parameter (never trained) so it is saved, moved and fingerprinted like any hypernetwork weight
+        self.key_covariance = nn.Parameter(torch.eye(d).repeat(n, 1, 1), requires_grad=False)
+        self._precision: torch.Tensor | None = None
+
+    @classmethod
+    def for_base_model(cls, base: LoadedModel, config: HypernetConfig | None = None,
+                       **overrides: Any) -> DocToLoRA:
+        """An associative reader sized for ``base`` (identity covariance until :meth:`fit`)."""
+        return super().for_base_model(base, config, **{**ASSOCIATIVE_DEFAULTS, **overrides})
+
+    @classmethod
+    @torch.no_grad()
+    def fit(cls, base: LoadedModel, texts: list[str], batch_size: int = 8, progress: bool = True,
+            **overrides: Any) -> AssociativeReader:
+        """Build a reader for ``base`` with the key covariance measured on ``texts`` (chunked as documents are).
+
+        Raises:
+            ValueError: ``texts`` gives no keys, or an override is not a :class:`HypernetConfig` field.
+        """
+        reader = cls.for_base_model(base, **overrides)
+        assert isinstance(reader, AssociativeReader)
+        chunks = [c for text in texts for c in chunk_text(base.tokenizer, text, reader.config.max_chunk_tokens)]
+        total = torch.zeros_like(reader.key_covariance)
+        count = 0
+        for start in tqdm(range(0, len(chunks), batch_size), desc="key covariance", disable=not progress):
+            for keys, _ in reader._pairs(base, chunks[start:start + batch_size]):
+                total += torch.einsum("ltd,lte->lde", keys, keys)
+                count += keys.shape[1]
+        if count == 0:
+            raise ValueError("no keys: the texts are empty")
+        cov = total / count
+        ridge = RIDGE * cov.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]
+        reader.key_covariance.copy_(cov + ridge * torch.eye(cov.shape[-1]))
+        reader._precision = None
+        reader.invalidate_fingerprint()
+        return reader
+
+    def _pairs(self, base: LoadedModel, chunks: list[Chunk]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per chunk: keys (L, T-1, d_in) at every position but the last, and the next tokens' ids (T-1,)."""
+        acts = self.encode(base, [c.token_ids for c in chunks]).acts
+        assert acts is not None  # the config requires activation_keys
+        out = []
+        for i, chunk in enumerate(chunks):
+            n = len(chunk.token_ids)
+            out.append((acts[i, :, : n - 1].float(), torch.tensor(chunk.token_ids[1:n], device=acts.device)))
+        return out
+
+    def _inverse_covariance(self) -> torch.Tensor:
+        if self._precision is None or self._precision.device != self.key_covariance.device:
+            self._precision = torch.linalg.inv(self.key_covariance.float())
+        return self._precision
+
+    def adapters_for_chunks(self, base: LoadedModel, chunks: list[Chunk], batch_size: int = 8,
+                            progress: bool = False) -> list[LoRAAdapter]:
+        """One adapter per chunk: the associative memory of its (key, next token) pairs, rank = its length - 1."""
+        values = base.model.get_output_embeddings().weight
+        precision = self._inverse_covariance()
+        mu, alpha = self.config.associative_mu, self.config.associative_alpha
+        out: list[LoRAAdapter] = []
+        batches = range(0, len(chunks), batch_size)
+        for start in tqdm(batches, desc="internalizing", unit="batch", disable=not progress or len(batches) < 2):
+            group = chunks[start:start + batch_size]
+            with torch.inference_mode():
+                for chunk, (keys, nxt) in zip(group, self._pairs(base, group), strict=True):
+                    kp = keys @ precision  # (L, T-1, d_in)
+                    gram = kp @ keys.transpose(-1, -2)  # (L, T-1, T-1)
+                    eye = torch.eye(gram.shape[-1], device=gram.device)
+                    a = torch.linalg.solve(mu * eye + gram, kp)  # (L, T-1, d_in)
+                    b = alpha * values[nxt].float().T  # (d_out, T-1)
+                    weights = {self.config.module_name(layer): LoRAWeights(a[j].contiguous(), b.contiguous())
+                               for j, layer in enumerate(self.config.layers)}
+                    out.append(LoRAAdapter(weights, 1.0, {**self._metadata(), "chunk_index": chunk.index}))
+        return out
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None) -> LoRAAdapter:
+        """Not available: the adapters need the chunk's token ids (use :meth:`adapters_for_chunks`)."""
+        raise NotImplementedError("the associative reader builds adapters from chunks: use adapters_for_chunks")
+
+    def bias_adapter(self) -> LoRAAdapter:
+        """Not available: an associative memory has no document-independent part."""
+        raise ValueError("the associative reader has no bias adapter")
+
+    def compose(self, parts: list[LoRAAdapter]) -> LoRAAdapter:
+        """Chunk memories concatenated along rank (their weight deltas add).
+
+        Raises:
+            ValueError: ``parts`` is empty.
+        """
+        return compose(parts, None, metadata={**self._metadata(), "n_chunks": len(parts)})

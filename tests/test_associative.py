@@ -1,0 +1,118 @@
+"""The associative reader: its closed-form memory, its fitted covariance, loading, and use in a memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lora_memory.chunking import chunk_text
+from lora_memory.errors import CorruptEntryError
+from lora_memory.evaluation.answer_positions import _fact_nats
+from lora_memory.hypernet import DocToLoRA, HypernetConfig
+from lora_memory.hypernet.associative import AssociativeReader
+from lora_memory.training.d2l.associative import covariance_texts
+from lora_memory.training.d2l.prose import split_of_title, written_part
+from memory_support import open_tiny_memory
+
+TEXTS = ["Kigali is the capital of Rwanda. It was founded in 1907.",
+         "The Vorland Bridge spans the river Ess. The engineer Mara Quill completed it in 1873.",
+         "Honey bees live in colonies with one queen and many workers."]
+
+
+@pytest.fixture(scope="module")
+def reader(tiny_llama) -> AssociativeReader:
+    fitted = AssociativeReader.fit(tiny_llama, TEXTS, progress=False, target_layers=[2], max_chunk_tokens=64)
+    assert isinstance(fitted, AssociativeReader)
+    return fitted
+
+
+def test_the_covariance_is_the_keys_second_moment_plus_a_small_ridge(reader, tiny_llama):
+    cov = reader.key_covariance[0]
+    torch.testing.assert_close(cov, cov.T)
+    assert torch.linalg.eigvalsh(cov).min() > 0  # invertible whatever the corpus
+    chunks = [c for t in TEXTS for c in chunk_text(tiny_llama.tokenizer, t, 64)]
+    keys = torch.cat([k[0] for k, _ in reader._pairs(tiny_llama, chunks)])
+    second = keys.T @ keys / keys.shape[0]
+    off = ~torch.eye(cov.shape[0], dtype=torch.bool)
+    torch.testing.assert_close(cov[off], second[off])  # the ridge touches only the diagonal
+
+
+def test_with_a_small_mu_the_memory_recalls_each_keys_next_token_embedding(tiny_llama):
+    reader = AssociativeReader.fit(tiny_llama, TEXTS, progress=False, target_layers=[2], max_chunk_tokens=64,
+                                   associative_mu=1e-4, associative_alpha=3.0)
+    chunk = chunk_text(tiny_llama.tokenizer, "Kigali was founded in 1907.", 64)[0]
+    adapter = reader.adapters_for_chunks(tiny_llama, [chunk])[0]
+    name = reader.config.module_name(2)
+    keys, nxt = reader._pairs(tiny_llama, [chunk])[0]
+    assert adapter.rank == len(chunk.token_ids) - 1 < reader.config.module_d_in
+    recalled = keys[0] @ adapter.delta(name).T  # (T-1, d_out)
+    expected = 3.0 * tiny_llama.model.get_output_embeddings().weight[nxt].float()
+    torch.testing.assert_close(recalled, expected, atol=2e-2, rtol=2e-2)
+
+
+def test_composing_chunks_adds_their_memories(reader, tiny_llama):
+    chunks = [chunk_text(tiny_llama.tokenizer, t, 64)[0] for t in TEXTS[:2]]
+    parts = reader.adapters_for_chunks(tiny_llama, chunks)
+    name = reader.config.module_name(2)
+    both = reader.compose(parts)
+    torch.testing.assert_close(both.delta(name), parts[0].delta(name) + parts[1].delta(name), atol=1e-5, rtol=1e-4)
+
+
+def test_it_saves_and_loads_through_doc_to_lora(reader, tiny_llama, tmp_path):
+    reader.save_pretrained(tmp_path / "reader")
+    loaded = DocToLoRA.from_pretrained(tmp_path / "reader", base=tiny_llama)
+    assert isinstance(loaded, AssociativeReader) and loaded.fingerprint == reader.fingerprint
+    chunk = chunk_text(tiny_llama.tokenizer, TEXTS[0], 64)[0]
+    name = reader.config.module_name(2)
+    torch.testing.assert_close(loaded.adapters_for_chunks(tiny_llama, [chunk])[0].delta(name),
+                               reader.adapters_for_chunks(tiny_llama, [chunk])[0].delta(name))
+    (tmp_path / "reader" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CorruptEntryError):
+        DocToLoRA.from_pretrained(tmp_path / "reader")
+
+
+def test_the_config_refuses_what_the_reader_cannot_do():
+    with pytest.raises(ValueError, match="activation_keys"):
+        HypernetConfig(reader="associative")  # chat_wrap and dedupe_bias default on, keys off
+    with pytest.raises(ValueError):
+        HypernetConfig(reader="associative", activation_keys=True, chat_wrap=False, dedupe_bias=False,
+                       associative_alpha=0.0)
+    with pytest.raises(ValueError, match="associative_beta"):
+        HypernetConfig().with_overrides(associative_beta=1.0)
+
+
+def test_it_has_no_bias_and_no_tensor_forward(reader):
+    with pytest.raises(ValueError, match="no bias"):
+        reader.bias_adapter()
+    with pytest.raises(NotImplementedError):
+        reader(torch.zeros(1), torch.zeros(1))
+
+
+def test_a_memory_ingests_and_answers_with_it(reader, tiny_llama, tmp_path):
+    memory = open_tiny_memory(tmp_path, "assoc", tiny_llama, reader)
+    memory.add(TEXTS[1], doc_id="bridge")
+    answer = memory.ask("When was the Vorland Bridge completed?")
+    assert answer.sources and answer.sources[0].doc_id == "bridge"
+    reopened = open_tiny_memory(tmp_path, "assoc", tiny_llama, reader)  # adapters come back from the cache
+    assert reopened.ask("When was the Vorland Bridge completed?").text == answer.text
+
+
+def test_the_covariance_corpus_never_reads_held_out_or_validation_articles():
+    from lora_memory.training.d2l.prose import load_articles
+
+    titles = {a.text: a.title for a in load_articles("train")}
+    for text in covariance_texts(50):
+        assert split_of_title(titles[text]) == "train" and written_part(titles[text]) == "train"
+
+
+@pytest.mark.slow
+def test_on_the_real_model_its_own_memory_makes_the_fact_likely(embedded_base):
+    reader = AssociativeReader.fit(embedded_base, covariance_texts(20), progress=False)
+    doc = "The Vorland Bridge spans the river Ess in Maretania. It was completed in 1873 by the engineer Mara Quill."
+    other = "Honey bees live in colonies. A colony has one queen, many workers and, in summer, drones."
+    own, elsewhere = (reader.internalize(embedded_base, t).as_batch() for t in (doc, other))
+    question, sentence = "When was the Vorland Bridge completed?", "The Vorland Bridge was completed in 1873."
+    span = [(sentence.index("1873"), sentence.index("1873") + 4)]
+    nats = {name: _fact_nats(embedded_base, [question], [sentence], span, adapter)[0]
+            for name, adapter in (("own", own), ("other", elsewhere), ("none", None))}
+    assert nats["own"] < nats["none"] - 1.0 and nats["own"] < nats["other"] - 1.0, nats
