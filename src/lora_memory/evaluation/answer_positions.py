@@ -33,7 +33,7 @@ from ..adapter import LoRAAdapter
 from ..base import LoadedModel, load_base_model
 from ..hypernet import DocToLoRA
 from ..training.batching import StudentBatch, answer_ids, student_batch
-from ..training.d2l.prose import Article, answer_sentence, through_answer, written_articles, written_questions
+from ..training.d2l.prose import Article, answer_clause, written_articles, written_questions
 from ..training.objectives import token_losses
 from .prompts import in_context_prompt
 
@@ -122,10 +122,9 @@ def fact_in_sentence(base: LoadedModel, articles: int = 60, hypernet: DocToLoRA 
     out: dict[str, list[float]] = {}
     for i, article in enumerate(chosen):
         for qa in (wordings[0] for wordings in valid[article.title]):
-            sentence = answer_sentence(article.text, qa.answer)
+            sentence = answer_clause(article.text, qa.answer)
             if sentence is None:
                 continue
-            sentence = through_answer(sentence, qa.answer)
             at = sentence.index(qa.answer)
             spans = [(0, len(qa.answer)), (at, at + len(qa.answer))]
             settings: dict[str, tuple[str, LoRAAdapter | None]] = {

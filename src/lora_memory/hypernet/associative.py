@@ -12,13 +12,14 @@ where ``C`` is the covariance of the module's inputs over ordinary text (fitted 
 on training-split articles, :meth:`AssociativeReader.fit`). ``C`` keeps the update
 small along directions that other inputs use, so the memory fires where the
 question's context resembles the chunk's. At query time a reply that restates the
-question ("The epicenter ... was in the") meets the chunk's key for that context,
-and the stored next token is promoted.
+question ("When was X founded?" answered "X was founded in") meets the chunk's key
+for that context, and the stored next token is promoted.
 
 As a LoRA: ``B = alpha * V`` (d_out, T-1) and ``A = (mu I + K P K^T)^-1 K P``
 (T-1, d_in) with ``P = C^-1`` (the Woodbury form of the same solve: a (T-1)-square
 system per chunk instead of a d_in-square one). The rank is the chunk's length, so
-composing chunks along rank sums their memories, as the learned reader's do.
+composing chunks along rank (``DocToLoRA.compose``; the reader has no bias to count
+once) sums their memories, as the learned reader's do.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..adapter import LoRAAdapter, LoRAWeights, compose
+from ..adapter import LoRAAdapter, LoRAWeights
 from ..base import LoadedModel
 from ..chunking import Chunk, chunk_text
 from .config import HypernetConfig
 from .model import DocToLoRA
 
-# the defaults measured best on held-out prose (docs/training.md, "The associative reader")
+# the defaults picked on the written questions' validation part (docs/training.md, "The ninth attempt")
 ASSOCIATIVE_DEFAULTS: dict[str, Any] = {"reader": "associative", "target_layers": [24], "activation_keys": True,
                                         "chat_wrap": False, "dedupe_bias": False, "input_layer": None}
 RIDGE = 1e-2  # C gets this share of its mean diagonal added, so its inverse exists on any corpus
@@ -54,7 +55,7 @@ class AssociativeReader(DocToLoRA):
         n, d = len(config.layers), config.module_d_in
         # a parameter (never trained) so it is saved, moved and fingerprinted like any hypernetwork weight
         self.key_covariance = nn.Parameter(torch.eye(d).repeat(n, 1, 1), requires_grad=False)
-        self._precision: torch.Tensor | None = None
+        self._precision: tuple[tuple[torch.device, int], torch.Tensor] | None = None
 
     @classmethod
     def for_base_model(cls, base: LoadedModel, config: HypernetConfig | None = None,
@@ -85,7 +86,6 @@ class AssociativeReader(DocToLoRA):
         cov = total / count
         ridge = RIDGE * cov.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]
         reader.key_covariance.copy_(cov + ridge * torch.eye(cov.shape[-1]))
-        reader._precision = None
         reader.invalidate_fingerprint()
         return reader
 
@@ -100,30 +100,27 @@ class AssociativeReader(DocToLoRA):
         return out
 
     def _inverse_covariance(self) -> torch.Tensor:
-        if self._precision is None or self._precision.device != self.key_covariance.device:
-            self._precision = torch.linalg.inv(self.key_covariance.float())
-        return self._precision
+        """``C^-1``, computed once per value of the covariance (its in-place version counter) and device."""
+        key = (self.key_covariance.device, self.key_covariance._version)
+        if self._precision is None or self._precision[0] != key:
+            self._precision = (key, torch.linalg.inv(self.key_covariance.float()))
+        return self._precision[1]
 
-    def adapters_for_chunks(self, base: LoadedModel, chunks: list[Chunk], batch_size: int = 8,
-                            progress: bool = False) -> list[LoRAAdapter]:
-        """One adapter per chunk: the associative memory of its (key, next token) pairs, rank = its length - 1."""
+    def _group_adapters(self, base: LoadedModel, group: list[Chunk]) -> list[LoRAAdapter]:
+        """Per chunk, the associative memory of its (key, next token) pairs; rank = its length - 1."""
         values = base.model.get_output_embeddings().weight
         precision = self._inverse_covariance()
         mu, alpha = self.config.associative_mu, self.config.associative_alpha
-        out: list[LoRAAdapter] = []
-        batches = range(0, len(chunks), batch_size)
-        for start in tqdm(batches, desc="internalizing", unit="batch", disable=not progress or len(batches) < 2):
-            group = chunks[start:start + batch_size]
-            with torch.inference_mode():
-                for chunk, (keys, nxt) in zip(group, self._pairs(base, group), strict=True):
-                    kp = keys @ precision  # (L, T-1, d_in)
-                    gram = kp @ keys.transpose(-1, -2)  # (L, T-1, T-1)
-                    eye = torch.eye(gram.shape[-1], device=gram.device)
-                    a = torch.linalg.solve(mu * eye + gram, kp)  # (L, T-1, d_in)
-                    b = alpha * values[nxt].float().T  # (d_out, T-1)
-                    weights = {self.config.module_name(layer): LoRAWeights(a[j].contiguous(), b.contiguous())
-                               for j, layer in enumerate(self.config.layers)}
-                    out.append(LoRAAdapter(weights, 1.0, {**self._metadata(), "chunk_index": chunk.index}))
+        out = []
+        for keys, nxt in self._pairs(base, group):
+            kp = keys @ precision  # (L, T-1, d_in)
+            gram = kp @ keys.transpose(-1, -2)  # (L, T-1, T-1)
+            eye = torch.eye(gram.shape[-1], device=gram.device)
+            a = torch.linalg.solve(mu * eye + gram, kp)  # (L, T-1, d_in)
+            b = alpha * values[nxt].float().T  # (d_out, T-1)
+            weights = {self.config.module_name(layer): LoRAWeights(a[j].contiguous(), b.contiguous())
+                       for j, layer in enumerate(self.config.layers)}
+            out.append(LoRAAdapter(weights, 1.0, self._metadata()))
         return out
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None) -> LoRAAdapter:
@@ -133,11 +130,3 @@ class AssociativeReader(DocToLoRA):
     def bias_adapter(self) -> LoRAAdapter:
         """Not available: an associative memory has no document-independent part."""
         raise ValueError("the associative reader has no bias adapter")
-
-    def compose(self, parts: list[LoRAAdapter]) -> LoRAAdapter:
-        """Chunk memories concatenated along rank (their weight deltas add).
-
-        Raises:
-            ValueError: ``parts`` is empty.
-        """
-        return compose(parts, None, metadata={**self._metadata(), "n_chunks": len(parts)})

@@ -155,11 +155,15 @@ class DocToLoRA(PretrainedHypernet):
         for start in tqdm(batches, desc="internalizing", unit="batch", disable=not progress or len(batches) < 2):
             group = chunks[start:start + batch_size]
             with torch.inference_mode():
-                adapter = self(*self.encode(base, [c.token_ids for c in group]))
-            for chunk, single in zip(group, adapter.unbatch()):
+                adapters = self._group_adapters(base, group)
+            for chunk, single in zip(group, adapters, strict=True):
                 single.metadata = {**single.metadata, "chunk_index": chunk.index}
                 out.append(single)
         return out
+
+    def _group_adapters(self, base: LoadedModel, group: list[Chunk]) -> list[LoRAAdapter]:
+        """One unbatched adapter per chunk of one encoding batch (what a reader variant overrides)."""
+        return self(*self.encode(base, [c.token_ids for c in group])).unbatch()
 
     def internalize(self, base: LoadedModel, text: str, batch_size: int = 8, progress: bool = False) -> LoRAAdapter:
         """Turn a document into one adapter: chunk, encode, concatenate the chunks' adapters along rank.

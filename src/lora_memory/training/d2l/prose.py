@@ -172,19 +172,20 @@ def through_answer(sentence: str, answer: str) -> str:
     return (sentence[:stop.start()] if stop else sentence).rstrip(" ,;:.") + "."
 
 
+def answer_clause(text: str, answer: str) -> str | None:
+    """The first sentence of ``text`` that holds ``answer``, cut after the answer's clause (None if none holds it)."""
+    sentence = answer_sentence(text, answer)
+    return through_answer(sentence, answer) if sentence is not None else None
+
+
 def as_sentence_answers(text: str, asked: list[QA]) -> list[QA]:
-    """Each question with its answer's sentence of ``text``, through the answer's clause, as the answer; a span no
-    sentence holds stays a span.
+    """Each question with its :func:`answer_clause` of ``text`` as the answer; a span no sentence holds stays a span.
 
     The base model copies a fact from its context once the fact's sentence has begun, but hardly picks it out as
     a short answer (``evaluation.answer_positions --sentences``), so sentence answers are targets an in-context
     teacher already produces. Cutting after the answer's clause keeps the target short.
     """
-    out = []
-    for qa in asked:
-        sentence = answer_sentence(text, qa.answer)
-        out.append(QA(qa.question, through_answer(sentence, qa.answer) if sentence else qa.answer))
-    return out
+    return [QA(qa.question, answer_clause(text, qa.answer) or qa.answer) for qa in asked]
 
 
 def _short(span: str, words: int = 10) -> str:
