@@ -81,11 +81,35 @@ def test_the_config_refuses_what_the_reader_cannot_do():
         HypernetConfig().with_overrides(associative_beta=1.0)
 
 
-def test_it_has_no_bias_and_no_tensor_forward(reader):
-    with pytest.raises(ValueError, match="no bias"):
-        reader.bias_adapter()
-    with pytest.raises(NotImplementedError):
-        reader(torch.zeros(1), torch.zeros(1))
+def test_its_bias_is_the_empty_memory(reader):
+    bias = reader.bias_adapter()
+    assert all(not w.A.any() and not w.B.any() for w in bias.weights.values())
+
+
+def test_a_batch_of_chunks_gets_the_memories_each_gets_alone(reader, tiny_llama):
+    chunks = [chunk_text(tiny_llama.tokenizer, t, 64)[0] for t in TEXTS]
+    together = reader.adapters_for_chunks(tiny_llama, chunks, batch_size=3)
+    name = reader.config.module_name(2)
+    for chunk, adapter in zip(chunks, together, strict=True):
+        alone = reader.adapters_for_chunks(tiny_llama, [chunk])[0]
+        assert adapter.rank == alone.rank == len(chunk.token_ids) - 1
+        scale = alone.delta(name).abs().max().item()
+        torch.testing.assert_close(adapter.delta(name), alone.delta(name), atol=1e-3 * scale, rtol=1e-2)
+
+
+def test_its_trained_maps_start_at_the_closed_form_and_get_gradients(reader, tiny_llama):
+    mapped = AssociativeReader(reader.config.model_copy(update={"associative_map_rank": 4}))
+    mapped.load_state_dict(reader.state_dict(), strict=False)
+    chunk = chunk_text(tiny_llama.tokenizer, TEXTS[1], 64)[0]
+    name = reader.config.module_name(2)
+    torch.testing.assert_close(mapped.adapters_for_chunks(tiny_llama, [chunk])[0].delta(name),
+                               reader.adapters_for_chunks(tiny_llama, [chunk])[0].delta(name))
+    adapter = mapped(*mapped.encode(tiny_llama, [chunk.token_ids]))
+    adapter.weights[name].A.sum().backward()
+    assert mapped.query_u.grad is not None and mapped.query_u.grad.abs().sum() > 0
+    assert mapped.key_covariance.grad is None  # the covariance is fitted, never trained
+    with pytest.raises(ValueError, match="token embeddings"):
+        mapped(torch.zeros(1), torch.ones(1, 2, dtype=torch.bool))
 
 
 def test_a_memory_ingests_and_answers_with_it(reader, tiny_llama, tmp_path):

@@ -112,7 +112,7 @@ def test_encode_equals_hidden_states_of_a_full_pass(tiny_base, input_layer):
     hypernet = _hypernet(tiny_base, input_layer=input_layer)
     rows = [c.token_ids for c in chunk_text(tiny_base.tokenizer, DOC, 32)[:3]]
     rows[1] = rows[1][:7]  # rows of different lengths: padding must not leak into real positions
-    states, mask, _ = hypernet.encode(tiny_base, rows)
+    states, mask, *_ = hypernet.encode(tiny_base, rows)
     layers = [input_layer] if input_layer is not None else hypernet.config.layers
     assert states.shape[:2] == (3, len(layers))
     for i, row in enumerate(rows):
@@ -170,7 +170,7 @@ def test_gradients_reach_every_hypernet_weight(tiny_llama):
     """The training path: base states -> hypernet -> hooks -> loss, gradients back into the hypernet."""
     hypernet = _perturb(_hypernet(tiny_llama, trunk="perceiver", input_layer=None)).train()
     chunks = chunk_text(tiny_llama.tokenizer, DOC, 32)[:2]
-    states, mask, _ = hypernet.encode(tiny_llama, [c.token_ids for c in chunks])
+    states, mask, *_ = hypernet.encode(tiny_llama, [c.token_ids for c in chunks])
     adapter = hypernet(states, mask)  # batched: one adapter per chunk
     questions = tiny_llama.tokenizer(["Who keeps it?", "When is the ferry?"], padding=True,
                                      return_tensors="pt").input_ids
@@ -278,7 +278,7 @@ def test_pooling_trunk_key_rows_are_each_b_rows_weights_one_token_back(tiny_llam
                                         key_dim=16, activation_keys=True)
     trunk = hypernet.trunk
     assert isinstance(trunk, PoolingTrunk)
-    states, mask, _ = hypernet.encode(tiny_llama, [[5, 6, 7, 8, 9], [10, 11, 12]])
+    states, mask, *_ = hypernet.encode(tiny_llama, [[5, 6, 7, 8, 9], [10, 11, 12]])
     N, T = mask.shape
     positions = torch.eye(T).expand(N, 2, T, T)  # acts = one-hot positions: a key row is a weight per token
     _, keys = trunk(states, mask, positions)

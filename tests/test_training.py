@@ -59,7 +59,7 @@ def test_training_composition_counts_the_hypernet_bias_once(tiny_llama):
     token_ids, groups = chunk_examples(tiny_llama.tokenizer, examples, 32)
     assert len(groups[0]) > 1 and len(groups[1]) == 1
     with torch.no_grad():
-        states, mask, _ = hypernet.encode(tiny_llama, token_ids)
+        states, mask, *_ = hypernet.encode(tiny_llama, token_ids)
         per_chunk = hypernet(states, mask)
         rows = compose_rows(per_chunk, groups, hypernet.bias_adapter()).unbatch()
         singles = per_chunk.unbatch()
@@ -78,7 +78,7 @@ def test_answer_loss_is_zero_gradient_free_at_init_and_learns(tiny_llama):
     examples = [needle_example(random.Random(i), "train") for i in range(2)]
     batch = qa_batch(tiny_llama.tokenizer, examples)
     token_ids, groups = chunk_examples(tiny_llama.tokenizer, examples, 32)
-    states, mask, _ = hypernet.encode(tiny_llama, token_ids)
+    states, mask, *_ = hypernet.encode(tiny_llama, token_ids)
     adapter = compose_rows(hypernet(states, mask), groups)
     with_adapter = answer_loss(tiny_llama.model, batch, adapter).loss
     without = answer_loss(tiny_llama.model, batch, None).loss
@@ -119,7 +119,7 @@ def test_widened_heads_generate_the_same_adapters_and_train_from_a_checkpoint(tm
     hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
     with torch.no_grad():  # a trained-looking map (the second factor starts at zero)
         hypernet.heads.map_b.second.normal_()
-    states, mask, _ = hypernet.encode(tiny_llama, [[5, 6, 7, 8], [9, 10, 11, 12]])
+    states, mask, *_ = hypernet.encode(tiny_llama, [[5, 6, 7, 8], [9, 10, 11, 12]])
     before = hypernet(states, mask)
     hypernet.save_pretrained(tmp_path / "init")
     hypernet.widen_heads(16)
@@ -146,7 +146,7 @@ def test_query_hops_start_as_one_pass_learn_and_load(tmp_path, tiny_llama):
     hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
     with torch.no_grad():
         hypernet.heads.map_b.second.normal_()
-    states, mask, _ = hypernet.encode(tiny_llama, [[5, 6, 7, 8], [9, 10, 11, 12]])
+    states, mask, *_ = hypernet.encode(tiny_llama, [[5, 6, 7, 8], [9, 10, 11, 12]])
     before = hypernet(states, mask)
     hypernet.save_pretrained(tmp_path / "init")
     after = hypernet.add_query_hops(3)(states, mask)
@@ -287,3 +287,23 @@ def test_default_config_fits_a_shallow_model(tiny_llama):
     assert hypernet.config.input_layer == 1
     with pytest.raises(ValueError, match="input_layer"):
         DocToLoRA.for_base_model(tiny_llama, input_layer=8)  # an explicit choice is never silently changed
+
+
+def test_the_trainer_trains_an_associative_readers_maps_and_resumes(tmp_path, tiny_llama):
+    from lora_memory.hypernet.associative import AssociativeReader
+
+    texts = ["Kigali is the capital of Rwanda.", "The Vorland Bridge was completed in 1873 by Mara Quill."]
+    AssociativeReader.fit(tiny_llama, texts, progress=False, target_layers=[2], max_chunk_tokens=64,
+                          associative_map_rank=4).save_pretrained(tmp_path / "init")
+    config = _config(tmp_path, steps=2, init_from=str(tmp_path / "init"))
+    trainer = Trainer(config, base=tiny_llama)
+    trainer.run(max_steps=1)
+    resumed = Trainer(config, base=tiny_llama)
+    assert resumed.step == 1 and isinstance(resumed.hypernet, AssociativeReader)
+    resumed.run()
+    saved = DocToLoRA.from_pretrained(tmp_path / "run" / "hypernet", base=tiny_llama)
+    assert isinstance(saved, AssociativeReader) and saved.query_u.abs().sum() > 0  # the query map learned
+    fitted = DocToLoRA.from_pretrained(tmp_path / "init", base=tiny_llama)
+    torch.testing.assert_close(saved.key_covariance, fitted.key_covariance)  # the fitted part stays as fitted
+    log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert "eval_bias_gap_" in log[-1]  # the empty memory is the document-free reference

@@ -20,6 +20,14 @@ As a LoRA: ``B = alpha * V`` (d_out, T-1) and ``A = (mu I + K P K^T)^-1 K P``
 system per chunk instead of a d_in-square one). The rank is the chunk's length, so
 composing chunks along rank (``DocToLoRA.compose``; the reader has no bias to count
 once) sums their memories, as the learned reader's do.
+
+With ``associative_map_rank`` r > 0 the reader also has trained maps, both starting
+at the identity so training starts from the closed form: the query ``x`` meets the
+stored keys as ``(I + U V^T) x`` (U, V of shape (d_in, r): ``A <- A (I + V U^T)``), so
+a question's context can learn to land where the text's own context did; and each
+stored value ``e`` becomes ``e (I + W)`` (W of shape (d_out, d_out)). The solve has no
+parameters and runs without gradient, so training costs little beyond the base
+model's passes (``lora-memory train`` with ``init_from`` a fitted reader).
 """
 
 from __future__ import annotations
@@ -56,6 +64,12 @@ class AssociativeReader(DocToLoRA):
         # a parameter (never trained) so it is saved, moved and fingerprinted like any hypernetwork weight
         self.key_covariance = nn.Parameter(torch.eye(d).repeat(n, 1, 1), requires_grad=False)
         self._precision: tuple[tuple[torch.device, int], torch.Tensor] | None = None
+        r, d_out = config.associative_map_rank, config.module_d_out
+        if r:  # trained maps that start as the identity: the closed form is where training begins
+            assert d_out is not None
+            self.query_u = nn.Parameter(torch.zeros(n, d, r))
+            self.query_v = nn.Parameter(torch.randn(n, d, r) / d**0.5)
+            self.value_map = nn.Parameter(torch.zeros(n, d_out, d_out))
 
     @classmethod
     def for_base_model(cls, base: LoadedModel, config: HypernetConfig | None = None,
@@ -106,27 +120,50 @@ class AssociativeReader(DocToLoRA):
             self._precision = (key, torch.linalg.inv(self.key_covariance.float()))
         return self._precision[1]
 
-    def _group_adapters(self, base: LoadedModel, group: list[Chunk]) -> list[LoRAAdapter]:
-        """Per chunk, the associative memory of its (key, next token) pairs; rank = its length - 1."""
-        values = base.model.get_output_embeddings().weight
-        precision = self._inverse_covariance()
-        mu, alpha = self.config.associative_mu, self.config.associative_alpha
-        out = []
-        for keys, nxt in self._pairs(base, group):
-            kp = keys @ precision  # (L, T-1, d_in)
-            gram = kp @ keys.transpose(-1, -2)  # (L, T-1, T-1)
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None,
+                embeddings: torch.Tensor | None = None) -> LoRAAdapter:
+        """Encoded chunks (:meth:`encode`, unpacked) -> a batched adapter: row i is chunk i's memory, its rank
+        the longest chunk's length - 1 (a shorter chunk's extra ranks are zero). Differentiable in the trained
+        maps (``associative_map_rank``); the closed-form solve itself has no parameters.
+
+        Raises:
+            ValueError: the target modules' inputs or the token ids are missing.
+        """
+        if acts is None or embeddings is None:
+            raise ValueError("the associative reader needs the target modules' inputs and the token embeddings "
+                             "(DocToLoRA.encode gives both)")
+        valid = (mask[:, :-1] & mask[:, 1:]).float()  # (N, T-1): a key whose next token is real
+        keys = acts[:, :, :-1].float() * valid[:, None, :, None]  # (N, L, T-1, d_in)
+        values = embeddings[:, 1:].float() * valid[..., None]  # (N, T-1, d_out)
+        with torch.no_grad():
+            kp = keys @ self._inverse_covariance()  # (N, L, T-1, d_in)
+            gram = kp @ keys.transpose(-1, -2)  # (N, L, T-1, T-1)
             eye = torch.eye(gram.shape[-1], device=gram.device)
-            a = torch.linalg.solve(mu * eye + gram, kp)  # (L, T-1, d_in)
-            b = alpha * values[nxt].float().T  # (d_out, T-1)
-            weights = {self.config.module_name(layer): LoRAWeights(a[j].contiguous(), b.contiguous())
-                       for j, layer in enumerate(self.config.layers)}
-            out.append(LoRAAdapter(weights, 1.0, self._metadata()))
+            a = torch.linalg.solve(self.config.associative_mu * eye + gram, kp)  # (N, L, T-1, d_in)
+        b = self.config.associative_alpha * values[:, None].expand(-1, len(self.config.layers), -1, -1)
+        if self.config.associative_map_rank:
+            # the query x meets the stored keys as (I + U V^T) x; the stored value e as e (I + W)
+            a = a + (a @ self.query_v) @ self.query_u.transpose(-1, -2)
+            b = b + b @ self.value_map
+        weights = {self.config.module_name(layer): LoRAWeights(a[:, j], b[:, j].transpose(-1, -2))
+                   for j, layer in enumerate(self.config.layers)}
+        return LoRAAdapter(weights, 1.0, self._metadata())
+
+    def _group_adapters(self, base: LoadedModel, group: list[Chunk]) -> list[LoRAAdapter]:
+        """Per chunk, its memory cut to its own rank (its length - 1)."""
+        out = []
+        for chunk, adapter in zip(group, super()._group_adapters(base, group), strict=True):
+            n = len(chunk.token_ids) - 1
+            out.append(LoRAAdapter({k: LoRAWeights(w.A[:n].contiguous(), w.B[:, :n].contiguous())
+                                    for k, w in adapter.weights.items()}, adapter.scaling, adapter.metadata))
         return out
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None) -> LoRAAdapter:
-        """Not available: the adapters need the chunk's token ids (use :meth:`adapters_for_chunks`)."""
-        raise NotImplementedError("the associative reader builds adapters from chunks: use adapters_for_chunks")
-
     def bias_adapter(self) -> LoRAAdapter:
-        """Not available: an associative memory has no document-independent part."""
-        raise ValueError("the associative reader has no bias adapter")
+        """The empty memory (zero, rank 1): an associative memory has no document-independent part, so the
+        trainer's document-free reference is the bare model.
+        """
+        assert self.config.module_d_in is not None and self.config.module_d_out is not None
+        device = self.key_covariance.device
+        zero_a, zero_b = torch.zeros(1, self.config.module_d_in, device=device), torch.zeros(self.config.module_d_out, 1, device=device)
+        return LoRAAdapter({self.config.module_name(layer): LoRAWeights(zero_a, zero_b) for layer in self.config.layers},
+                           1.0, self._metadata())

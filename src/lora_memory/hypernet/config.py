@@ -35,6 +35,11 @@ class HypernetConfig(SavedConfig):
                                                              "output embedding.")
     associative_mu: float = Field(1.0, gt=0, description="Associative reader: weight of the key covariance against "
                                                          "the chunk's own keys (larger: other inputs move less).")
+    associative_map_rank: int = Field(
+        0, ge=0, description="Associative reader: rank of the trained correction to how a query meets the stored "
+                             "keys, plus a trained map of the stored values (0: the closed form alone, nothing "
+                             "to train)."
+    )
     trunk: Literal["pooling", "perceiver"] = Field("pooling", description="Direct attention pooling, or a Perceiver.")
     target_module: str = Field("mlp.down_proj", description="Name suffix of the LoRA target inside each layer.")
     target_layers: list[int] | None = Field(None, description="Layers that get LoRA; None means all.")

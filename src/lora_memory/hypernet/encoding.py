@@ -46,12 +46,15 @@ class EncodedChunks(NamedTuple):
     """What the hypernetwork reads from a batch of chunks.
 
     ``states`` (N, S, T, H): the residual stream entering the needed layers; ``mask`` (N, T): the real tokens;
-    ``acts`` (N, L, T, d_in): each target module's input, only with ``config.activation_keys`` (else None).
+    ``acts`` (N, L, T, d_in): each target module's input, only with ``config.activation_keys`` (else None);
+    ``embeddings`` (N, T, H): the base model's output embedding of each token read, only for the associative
+    reader (its stored values; else None).
     """
 
     states: torch.Tensor
     mask: torch.Tensor
     acts: torch.Tensor | None = None
+    embeddings: torch.Tensor | None = None
 
 
 def encode_chunks(base: LoadedModel, token_ids: list[list[int]], config: HypernetConfig) -> EncodedChunks:
@@ -106,4 +109,5 @@ def encode_chunks(base: LoadedModel, token_ids: list[list[int]], config: Hyperne
             h.remove()
     states = torch.stack([captured[i] for i in needed], dim=1)  # (N, S, T, H)
     keys = torch.stack([acts[i] for i in config.layers], dim=1) if config.activation_keys else None
-    return EncodedChunks(states, mask, keys)
+    embeddings = base.model.get_output_embeddings().weight[ids] if config.reader == "associative" else None
+    return EncodedChunks(states, mask, keys, embeddings)

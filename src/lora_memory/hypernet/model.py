@@ -129,9 +129,11 @@ class DocToLoRA(PretrainedHypernet):
         return cls.class_for(bound)(bound)
 
     # ------------------------------------------------------------- forward
-    def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None) -> LoRAAdapter:
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None,
+                embeddings: torch.Tensor | None = None) -> LoRAAdapter:
         """Token states (N, S, T, H), mask (N, T) and, with ``config.activation_keys``, the target modules'
-        inputs (N, L, T, d_in) -> a batched adapter with N rows (what :meth:`encode` returns, unpacked).
+        inputs (N, L, T, d_in) -> a batched adapter with N rows (what :meth:`encode` returns, unpacked; the
+        learned reader does not read the token embeddings).
         """
         dtype = next(self.parameters()).dtype
         z, keys = self.trunk(states.to(dtype), mask, acts)  # (N, L, 2, r, D), (N, L, r, d_in) or None

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", default="24", help="Comma-separated target layers.")
     parser.add_argument("--alpha", type=float, default=None, help="Value scale (default: HypernetConfig's).")
     parser.add_argument("--mu", type=float, default=None, help="Covariance weight (default: HypernetConfig's).")
+    parser.add_argument("--map-rank", type=int, default=None,
+                        help="Rank of the trained query map (with a value map); 0: the closed form alone.")
     parser.add_argument("--base-model", default="embedded")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=None)
@@ -44,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     base = load_base_model(args.base_model, dtype=args.dtype)
     overrides: dict[str, Any] = {"target_layers": [int(x) for x in args.layers.split(",")]}
-    overrides.update({k: v for k, v in (("associative_alpha", args.alpha), ("associative_mu", args.mu))
-                      if v is not None})
+    overrides.update({k: v for k, v in (("associative_alpha", args.alpha), ("associative_mu", args.mu),
+                                        ("associative_map_rank", args.map_rank)) if v is not None})
     reader = AssociativeReader.fit(base, covariance_texts(args.articles), **overrides)
     reader.save_pretrained(args.out)
     print(f"saved {reader.kind} ({reader.config.layers}, alpha {reader.config.associative_alpha}, "
