@@ -127,7 +127,7 @@ class AssociativeReader(DocToLoRA):
         maps (``associative_map_rank``); the closed-form solve itself has no parameters.
 
         Raises:
-            ValueError: the target modules' inputs or the token ids are missing.
+            ValueError: the target modules' inputs or the token embeddings are missing.
         """
         if acts is None or embeddings is None:
             raise ValueError("the associative reader needs the target modules' inputs and the token embeddings "
