@@ -307,3 +307,23 @@ def test_the_trainer_trains_an_associative_readers_maps_and_resumes(tmp_path, ti
     torch.testing.assert_close(saved.key_covariance, fitted.key_covariance)  # the fitted part stays as fitted
     log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     assert "eval_bias_gap_" in log[-1]  # the empty memory is the document-free reference
+
+
+def test_the_trainer_adds_a_companion_trains_both_parts_and_resumes(tmp_path, tiny_llama):
+    from lora_memory.hypernet.associative import AssociativeReader
+
+    texts = ["Kigali is the capital of Rwanda.", "The Vorland Bridge was completed in 1873 by Mara Quill."]
+    AssociativeReader.fit(tiny_llama, texts, progress=False, target_layers=[3], max_chunk_tokens=32,
+                          associative_map_rank=4).save_pretrained(tmp_path / "memory")
+    DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET).save_pretrained(tmp_path / "init")
+    config = _config(tmp_path, steps=2, init_from=str(tmp_path / "init"), add_companion=str(tmp_path / "memory"))
+    Trainer(config, base=tiny_llama).run(max_steps=1)
+    resumed = Trainer(config, base=tiny_llama)
+    assert resumed.step == 1 and isinstance(resumed.hypernet.companion, AssociativeReader)
+    resumed.run()
+    saved = DocToLoRA.from_pretrained(tmp_path / "run" / "hypernet", base=tiny_llama)
+    assert isinstance(saved.companion, AssociativeReader) and saved.companion.query_u.abs().sum() > 0
+    start = DocToLoRA.from_pretrained(tmp_path / "init", base=tiny_llama)
+    assert not torch.equal(saved.heads.bias_b, start.heads.bias_b)  # the learned part trained too
+    with pytest.raises(ValueError, match="init_from"):
+        _config(tmp_path, add_companion=str(tmp_path / "memory"))

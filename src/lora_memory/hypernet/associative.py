@@ -42,6 +42,7 @@ from ..adapter import LoRAAdapter, LoRAWeights
 from ..base import LoadedModel
 from ..chunking import Chunk, chunk_text
 from .config import HypernetConfig
+from .encoding import EncodedChunks
 from .model import DocToLoRA
 
 # the defaults picked on the written questions' validation part (docs/training.md, "The ninth attempt")
@@ -121,10 +122,11 @@ class AssociativeReader(DocToLoRA):
         return self._precision[1]
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None,
-                embeddings: torch.Tensor | None = None) -> LoRAAdapter:
+                embeddings: torch.Tensor | None = None, companion: EncodedChunks | None = None) -> LoRAAdapter:
         """Encoded chunks (:meth:`encode`, unpacked) -> a batched adapter: row i is chunk i's memory, its rank
         the longest chunk's length - 1 (a shorter chunk's extra ranks are zero). Differentiable in the trained
-        maps (``associative_map_rank``); the closed-form solve itself has no parameters.
+        maps (``associative_map_rank``); the closed-form solve itself has no parameters. An associative reader
+        has no companion, so ``companion`` is always None.
 
         Raises:
             ValueError: the target modules' inputs or the token embeddings are missing.
@@ -149,14 +151,14 @@ class AssociativeReader(DocToLoRA):
                    for j, layer in enumerate(self.config.layers)}
         return LoRAAdapter(weights, 1.0, self._metadata())
 
-    def _group_adapters(self, base: LoadedModel, group: list[Chunk]) -> list[LoRAAdapter]:
-        """Per chunk, its memory cut to its own rank (its length - 1)."""
-        out = []
-        for chunk, adapter in zip(group, super()._group_adapters(base, group), strict=True):
-            n = len(chunk.token_ids) - 1
-            out.append(LoRAAdapter({k: LoRAWeights(w.A[:n].contiguous(), w.B[:, :n].contiguous())
-                                    for k, w in adapter.weights.items()}, adapter.scaling, adapter.metadata))
-        return out
+    def trim(self, adapter: LoRAAdapter, n_tokens: int) -> LoRAAdapter:
+        """This reader's modules of a chunk's adapter cut to the chunk's own rank (its length - 1); other
+        modules (a learned reader's, when this is its companion) as they are.
+        """
+        mine = {self.config.module_name(layer) for layer in self.config.layers}
+        n = n_tokens - 1
+        return LoRAAdapter({k: LoRAWeights(w.A[:n].contiguous(), w.B[:, :n].contiguous()) if k in mine else w
+                            for k, w in adapter.weights.items()}, adapter.scaling, adapter.metadata)
 
     def bias_adapter(self) -> LoRAAdapter:
         """The empty memory (zero, rank 1): an associative memory has no document-independent part, so the

@@ -40,6 +40,12 @@ class HypernetConfig(SavedConfig):
                              "keys, plus a trained map of the stored values (0: the closed form alone, nothing "
                              "to train)."
     )
+    companion: HypernetConfig | None = Field(
+        None, description="A second reader, reader='associative', whose adapter is added to this one's on its own "
+                          "target modules (model.DocToLoRA.add_companion): the learned reader answers what it was "
+                          "trained on (needles, fact sheets) and the associative memory reads prose. Its weights "
+                          "are saved in the same checkpoint, under 'companion.'."
+    )
     trunk: Literal["pooling", "perceiver"] = Field("pooling", description="Direct attention pooling, or a Perceiver.")
     target_module: str = Field("mlp.down_proj", description="Name suffix of the LoRA target inside each layer.")
     target_layers: list[int] | None = Field(None, description="Layers that get LoRA; None means all.")
@@ -94,6 +100,8 @@ class HypernetConfig(SavedConfig):
         if self.reader == "associative" and (not self.activation_keys or self.chat_wrap or self.dedupe_bias):
             raise ValueError("the associative reader keys on the target modules' inputs over the bare chunk and has "
                              "no bias: it needs activation_keys=true, chat_wrap=false and dedupe_bias=false")
+        if self.companion is not None:
+            self._check_companion(self.companion)
         if self.activation_keys and self.trunk != "pooling":
             raise ValueError("activation_keys is a pooling-trunk option")
         if self.trunk == "perceiver" and self.latent_dim % self.n_heads:
@@ -105,6 +113,18 @@ class HypernetConfig(SavedConfig):
             if bad:
                 raise ValueError(f"target_layers {bad} out of range for {self.base_num_layers} layers")
         return self
+
+    def _check_companion(self, other: HypernetConfig) -> None:
+        if self.reader != "learned" or other.reader != "associative" or other.companion is not None:
+            raise ValueError("a companion is an associative reader (with no companion of its own) beside a learned one")
+        if other.max_chunk_tokens != self.max_chunk_tokens:
+            raise ValueError(f"the companion reads chunks of {other.max_chunk_tokens} tokens, this reader "
+                             f"{self.max_chunk_tokens}: both must read the same chunks")
+        if None not in (self.base_fingerprint, other.base_fingerprint) and self.base_fingerprint != other.base_fingerprint:
+            raise ValueError("the companion was built for another base model")
+        mine, theirs = (None if c.target_layers is None else set(c.target_layers) for c in (self, other))
+        if other.target_module == self.target_module and (mine is None or theirs is None or mine & theirs):
+            raise ValueError("the companion's target modules must differ from this reader's")
 
     @property
     def scaling(self) -> float:

@@ -48,13 +48,15 @@ class EncodedChunks(NamedTuple):
     ``states`` (N, S, T, H): the residual stream entering the needed layers; ``mask`` (N, T): the real tokens;
     ``acts`` (N, L, T, d_in): each target module's input, only with ``config.activation_keys`` (else None);
     ``embeddings`` (N, T, H): the base model's output embedding of each token read, only for the associative
-    reader (its stored values; else None).
+    reader (its stored values; else None); ``companion``: what a reader's companion reads from the same chunks
+    (``HypernetConfig.companion``; else None).
     """
 
     states: torch.Tensor
     mask: torch.Tensor
     acts: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
+    companion: EncodedChunks | None = None
 
 
 def encode_chunks(base: LoadedModel, token_ids: list[list[int]], config: HypernetConfig) -> EncodedChunks:

@@ -41,10 +41,13 @@ class DocToLoRA(PretrainedHypernet):
         if config.base_hidden_size is None or config.module_d_in is None:
             raise ValueError("config is not bound to a base model; use DocToLoRA.for_base_model")
         super().__init__(config)
+        self.companion: DocToLoRA | None = None
         if config.reader != "learned":
             return  # the variant's class (class_for) holds what it needs instead of a trunk and heads
         self.trunk = build_trunk(config)
         self.heads = LoRAHeads(config, self.trunk.out_dim)
+        if config.companion is not None:
+            self.companion = self.class_for(config.companion)(config.companion)
 
     @classmethod
     def class_for(cls, config: HypernetConfig) -> type[DocToLoRA]:
@@ -94,6 +97,22 @@ class DocToLoRA(PretrainedHypernet):
         self.config = self.config.model_copy(update={"activation_keys": True})
         return self
 
+    def add_companion(self, reader: DocToLoRA) -> DocToLoRA:
+        """Add ``reader`` (an associative one, on other target modules) in place: every adapter this writes gains
+        ``reader``'s memory of the same chunk on ``reader``'s modules (``config.companion`` follows, and the
+        weights are saved together).
+
+        Raises:
+            ValueError: this reader is not a learned one or already has a companion, ``reader`` is not
+                associative, shares a target module, reads other chunks or was built for another base model.
+        """
+        if self.companion is not None:
+            raise ValueError("this reader already has a companion")
+        self.config = self.config.with_overrides(companion=reader.config)
+        self.companion = reader
+        self.invalidate_fingerprint()
+        return self
+
     @classmethod
     def for_base_model(cls, base: LoadedModel, config: HypernetConfig | None = None, **overrides: Any) -> DocToLoRA:
         """A freshly initialised hypernetwork sized for ``base`` (dimensions discovered, not hard-coded).
@@ -130,24 +149,40 @@ class DocToLoRA(PretrainedHypernet):
 
     # ------------------------------------------------------------- forward
     def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None,
-                embeddings: torch.Tensor | None = None) -> LoRAAdapter:
+                embeddings: torch.Tensor | None = None, companion: EncodedChunks | None = None) -> LoRAAdapter:
         """Token states (N, S, T, H), mask (N, T) and, with ``config.activation_keys``, the target modules'
         inputs (N, L, T, d_in) -> a batched adapter with N rows (what :meth:`encode` returns, unpacked; the
-        learned reader does not read the token embeddings).
+        learned reader does not read the token embeddings). With a companion, its encoding gives its part,
+        and the result has scaling 1 (each part's scaling folded into its B).
+
+        Raises:
+            ValueError: this reader has a companion and ``companion`` is None.
         """
         dtype = next(self.parameters()).dtype
         z, keys = self.trunk(states.to(dtype), mask, acts)  # (N, L, 2, r, D), (N, L, r, d_in) or None
         a, b = self.heads(z, keys)  # (N, L, r, d_in), (N, L, d_out, r)
         weights = {self.config.module_name(layer): LoRAWeights(a[:, i], b[:, i])
                    for i, layer in enumerate(self.config.layers)}
-        return LoRAAdapter(weights, self.config.scaling, self._metadata())
+        return self._with_companion(LoRAAdapter(weights, self.config.scaling, self._metadata()),
+                                    None if self.companion is None or companion is None else self.companion(*companion))
+
+    def _with_companion(self, adapter: LoRAAdapter, part: LoRAAdapter | None) -> LoRAAdapter:
+        """``adapter`` with the companion's ``part`` on its modules (scalings folded); ``adapter`` if none."""
+        if self.companion is None:
+            return adapter
+        if part is None:
+            raise ValueError("this reader has a companion: pass its encoding too (DocToLoRA.encode gives it)")
+        return LoRAAdapter.concat([adapter, part], metadata=self._metadata())
 
     def encode(self, base: LoadedModel, token_ids: list[list[int]]) -> EncodedChunks:
         """What the hypernetwork reads (:class:`~lora_memory.hypernet.encoding.EncodedChunks`) for chunks given
-        as token ids; ``self(*encoded)`` turns it into adapters.
+        as token ids, the companion's reading included; ``self(*encoded)`` turns it into adapters.
         """
         self.check_base(base)
-        return encode_chunks(base, token_ids, self.config)
+        encoded = encode_chunks(base, token_ids, self.config)
+        if self.companion is not None:
+            encoded = encoded._replace(companion=self.companion.encode(base, token_ids))
+        return encoded
 
     def adapters_for_chunks(self, base: LoadedModel, chunks: list[Chunk], batch_size: int = 8,
                             progress: bool = False) -> list[LoRAAdapter]:
@@ -164,8 +199,16 @@ class DocToLoRA(PretrainedHypernet):
         return out
 
     def _group_adapters(self, base: LoadedModel, group: list[Chunk]) -> list[LoRAAdapter]:
-        """One unbatched adapter per chunk of one encoding batch (what a reader variant overrides)."""
-        return self(*self.encode(base, [c.token_ids for c in group])).unbatch()
+        """One unbatched adapter per chunk of one encoding batch, each cut to its chunk (:meth:`trim`)."""
+        rows = self(*self.encode(base, [c.token_ids for c in group])).unbatch()
+        return [self.trim(row, len(chunk.token_ids)) for chunk, row in zip(group, rows, strict=True)]
+
+    def trim(self, adapter: LoRAAdapter, n_tokens: int) -> LoRAAdapter:
+        """A chunk of ``n_tokens`` tokens' adapter without the rank its length leaves empty (a reader whose rank
+        follows the chunk's length cuts its modules; the learned reader's rank is fixed, so only its companion's
+        part is cut).
+        """
+        return adapter if self.companion is None else self.companion.trim(adapter, n_tokens)
 
     def internalize(self, base: LoadedModel, text: str, batch_size: int = 8, progress: bool = False) -> LoRAAdapter:
         """Turn a document into one adapter: chunk, encode, concatenate the chunks' adapters along rank.
@@ -178,10 +221,13 @@ class DocToLoRA(PretrainedHypernet):
         return self.compose(self.adapters_for_chunks(base, chunks, batch_size=batch_size, progress=progress))
 
     def bias_adapter(self) -> LoRAAdapter:
-        """The document-independent part of every chunk's adapter: A = bias_A, B = bias_B."""
+        """The document-independent part of every chunk's adapter: A = bias_A, B = bias_B (and the companion's,
+        the empty memory).
+        """
         a, b = self.heads.bias_a, self.heads.bias_b.transpose(-1, -2)  # (L, r, d_in), (L, d_out, r)
         weights = {self.config.module_name(layer): LoRAWeights(a[i], b[i]) for i, layer in enumerate(self.config.layers)}
-        return LoRAAdapter(weights, self.config.scaling, self._metadata())
+        own = LoRAAdapter(weights, self.config.scaling, self._metadata())
+        return self._with_companion(own, None if self.companion is None else self.companion.bias_adapter())
 
     def compose(self, parts: list[LoRAAdapter]) -> LoRAAdapter:
         """Chunk adapters -> the document's adapter (:func:`~lora_memory.adapter.compose`).

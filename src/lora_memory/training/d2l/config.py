@@ -37,7 +37,7 @@ class Stage(BaseModel):
 
 # the options that grow a saved hypernetwork (init_from) in place, and the HypernetConfig field a fresh one sets instead
 GROWTHS = {"widen_head_rank": "hypernet.head_rank", "add_query_hops": "hypernet.query_hops",
-           "add_activation_keys": "hypernet.activation_keys"}
+           "add_activation_keys": "hypernet.activation_keys", "add_companion": "hypernet.companion"}
 
 
 class TrainConfig(BaseModel):
@@ -58,6 +58,10 @@ class TrainConfig(BaseModel):
     add_activation_keys: bool = Field(
         False, description="With init_from: key its slots on the target modules' own inputs too "
                            "(HypernetConfig.activation_keys; the same adapters at step 0)."
+    )
+    add_companion: str | None = Field(
+        None, description="With init_from: add this saved associative reader as its companion "
+                          "(HypernetConfig.companion; at step 0 each part writes what it wrote alone)."
     )
     stages: list[Stage]
     objective: Literal["answer_ce", "distill"] = Field(

@@ -212,6 +212,8 @@ class Trainer:
                     self.hypernet.add_query_hops(config.add_query_hops)
                 if config.add_activation_keys:
                     self.hypernet.add_activation_keys()
+                if config.add_companion:
+                    self.hypernet.add_companion(DocToLoRA.from_pretrained(config.add_companion, base=self.base))
             else:
                 torch.manual_seed(config.seed)
                 self.hypernet = DocToLoRA.for_base_model(self.base, HypernetConfig(**config.hypernet))
