@@ -434,7 +434,7 @@ def test_end_to_end_on_the_embedded_model(tmp_path, embedded_base):
     assert answer.text.strip() and answer.sources and answer.adapter_rank > 0
     again = LoRAMemory.open("e2e", directory=tmp_path / "e2e", config=config, base=embedded_base)
     assert again.ask("Which volcano is in Sicily?").text == answer.text
-    out = again.export_peft(tmp_path / "peft")
+    out = again.export_peft(tmp_path / "peft", max_servable_rank=None)  # the companion's rank follows each chunk
     peft_config = json.loads((out / "adapter_config.json").read_text())
-    assert answer.adapter_rank == memory.hypernet.config.rank < again.adapter().rank  # one routed chunk; export: all
+    assert 0 < answer.adapter_rank < again.adapter().rank  # one routed chunk; the export: every chunk
     assert peft_config["r"] == again.adapter().rank and peft_config["target_modules"][0].endswith("down_proj")

@@ -68,7 +68,7 @@ def test_openai_models_and_sync_chat(client, live):
     assert reply.choices[0].message.content == want.text and want.text.strip()
     assert reply.usage.completion_tokens == want.completion_tokens
     extra = reply.model_extra["lora_memory"]
-    assert [s["doc_id"] for s in extra["sources"]] == ["launch"] and extra["adapter_rank"] == 8
+    assert [s["doc_id"] for s in extra["sources"]] == ["launch"] and extra["adapter_rank"] == want.adapter_rank > 0
 
 
 def test_openai_streaming_chat_and_text_completion(client):
