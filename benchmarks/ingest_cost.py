@@ -102,7 +102,8 @@ def run(ctx: Context, img: Path) -> Section:
     worst_distill = min(speedup_distill, key=speedup_distill.get)
     lines = [
         f"Hypernetwork: {ctx.hypernet_label}. Chunk length {hypernet.config.max_chunk_tokens} tokens, "
-        f"encoder exits after layer {hypernet.config.encoder_depth} of {base.model.config.num_hidden_layers}.",
+        f"encoder exits after layer {hypernet.config.encoder_depth} of {base.model.config.num_hidden_layers}"
+        + (f" (its companion's after layer {hypernet.companion.config.encoder_depth})." if hypernet.companion else "."),
         "",
         *md_table(["tokens", "internalize", "prefill (whole doc)", "prefill (same chunks)",
                    f"distillation ({s.distill_reference_steps} steps, extrapolated)", "RAG indexing",
