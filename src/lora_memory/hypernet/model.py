@@ -163,16 +163,12 @@ class DocToLoRA(PretrainedHypernet):
         a, b = self.heads(z, keys)  # (N, L, r, d_in), (N, L, d_out, r)
         weights = {self.config.module_name(layer): LoRAWeights(a[:, i], b[:, i])
                    for i, layer in enumerate(self.config.layers)}
-        return self._with_companion(LoRAAdapter(weights, self.config.scaling, self._metadata()),
-                                    None if self.companion is None or companion is None else self.companion(*companion))
-
-    def _with_companion(self, adapter: LoRAAdapter, part: LoRAAdapter | None) -> LoRAAdapter:
-        """``adapter`` with the companion's ``part`` on its modules (scalings folded); ``adapter`` if none."""
+        own = LoRAAdapter(weights, self.config.scaling, self._metadata())
         if self.companion is None:
-            return adapter
-        if part is None:
+            return own
+        if companion is None:
             raise ValueError("this reader has a companion: pass its encoding too (DocToLoRA.encode gives it)")
-        return LoRAAdapter.concat([adapter, part], metadata=self._metadata())
+        return LoRAAdapter.concat([own, self.companion(*companion)], metadata=self._metadata())  # scalings folded
 
     def encode(self, base: LoadedModel, token_ids: list[list[int]]) -> EncodedChunks:
         """What the hypernetwork reads (:class:`~lora_memory.hypernet.encoding.EncodedChunks`) for chunks given
@@ -227,7 +223,9 @@ class DocToLoRA(PretrainedHypernet):
         a, b = self.heads.bias_a, self.heads.bias_b.transpose(-1, -2)  # (L, r, d_in), (L, d_out, r)
         weights = {self.config.module_name(layer): LoRAWeights(a[i], b[i]) for i, layer in enumerate(self.config.layers)}
         own = LoRAAdapter(weights, self.config.scaling, self._metadata())
-        return self._with_companion(own, None if self.companion is None else self.companion.bias_adapter())
+        if self.companion is None:
+            return own
+        return LoRAAdapter.concat([own, self.companion.bias_adapter()], metadata=self._metadata())
 
     def compose(self, parts: list[LoRAAdapter]) -> LoRAAdapter:
         """Chunk adapters -> the document's adapter (:func:`~lora_memory.adapter.compose`).
