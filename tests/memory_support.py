@@ -20,15 +20,15 @@ NOISE_STD = 0.05
 MAX_NEW_TOKENS = 6
 
 
-def tiny_hypernet(base: LoadedModel, seed: int = 0) -> DocToLoRA:
-    """A random Doc-to-LoRA for a 4-layer tiny base, with every weight perturbed.
+def tiny_hypernet(base: LoadedModel, seed: int = 0, **overrides: Any) -> DocToLoRA:
+    """A random Doc-to-LoRA for a 4-layer tiny base (``TINY_HYPERNET`` with ``overrides``), every weight perturbed.
 
     The default initialisation makes every adapter zero (a no-op); the noise makes
     adapters depend on the chunk, so tests can tell them apart.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        hypernet = DocToLoRA.for_base_model(base, **TINY_HYPERNET)
+        hypernet = DocToLoRA.for_base_model(base, **{**TINY_HYPERNET, **overrides})
         with torch.no_grad():
             for p in hypernet.parameters():
                 p.add_(torch.randn_like(p) * NOISE_STD)

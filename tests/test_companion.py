@@ -11,6 +11,7 @@ from lora_memory.chunking import chunk_text
 from lora_memory.errors import CorruptEntryError
 from lora_memory.hypernet import DocToLoRA
 from lora_memory.hypernet.associative import AssociativeReader
+from memory_support import tiny_hypernet
 
 TEXTS = ["Kigali is the capital of Rwanda. It was founded in 1907.",
          "The Vorland Bridge spans the river Ess. The engineer Mara Quill completed it in 1873, after six years."]
@@ -18,21 +19,18 @@ TEXTS = ["Kigali is the capital of Rwanda. It was founded in 1907.",
 
 def _learned(base, seed: int = 0) -> DocToLoRA:
     """A perturbed learned reader on layers 0-1 (its default init writes zeros, which would hide a mix-up)."""
-    torch.manual_seed(seed)
-    learned = DocToLoRA.for_base_model(base, target_layers=[0, 1], input_layer=1, max_chunk_tokens=64)
-    with torch.no_grad():
-        for p in learned.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    learned.invalidate_fingerprint()
-    return learned.eval()
+    return tiny_hypernet(base, seed, target_layers=[0, 1], input_layer=1, max_chunk_tokens=64)
 
 
 def _reader(base) -> AssociativeReader:
-    reader = AssociativeReader.fit(base, TEXTS, progress=False, target_layers=[2], max_chunk_tokens=64,
-                                   associative_map_rank=4)
-    assert isinstance(reader, AssociativeReader)
-    with torch.no_grad():  # trained maps, so the companion's own parameters matter
-        reader.query_u.normal_(std=0.05)
+    """A fitted associative reader with perturbed trained maps, the same on every call (its maps' init is random)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        reader = AssociativeReader.fit(base, TEXTS, progress=False, target_layers=[2], max_chunk_tokens=64,
+                                       associative_map_rank=4)
+        assert isinstance(reader, AssociativeReader)
+        with torch.no_grad():  # trained maps, so the companion's own parameters matter
+            reader.query_u.normal_(std=0.05)
     return reader.eval()
 
 
