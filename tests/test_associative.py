@@ -140,3 +140,21 @@ def test_on_the_real_model_its_own_memory_makes_the_fact_likely(embedded_base):
     nats = {name: _fact_nats(embedded_base, [question], [sentence], span, adapter)[0]
             for name, adapter in (("own", own), ("other", elsewhere), ("none", None))}
     assert nats["own"] < nats["none"] - 1.0 and nats["own"] < nats["other"] - 1.0, nats
+
+
+def test_a_joint_memory_recalls_every_chunks_pairs_and_of_one_chunk_is_its_own_memory(tiny_llama):
+    reader = AssociativeReader.fit(tiny_llama, TEXTS, progress=False, target_layers=[2], max_chunk_tokens=64,
+                                   associative_mu=1e-4, associative_alpha=3.0)
+    chunks = [chunk_text(tiny_llama.tokenizer, t, 64)[0] for t in TEXTS[:2]]
+    name = reader.config.module_name(2)
+    ids = [c.token_ids for c in chunks]
+    one = reader.joint_memory(tiny_llama, ids[:1])
+    torch.testing.assert_close(one.delta(name), reader.adapters_for_chunks(tiny_llama, chunks[:1])[0].delta(name),
+                               atol=1e-4, rtol=1e-3)
+    joint = reader.joint_memory(tiny_llama, ids)
+    assert joint.rank == sum(len(i) - 1 for i in ids) < reader.config.module_d_in
+    embed = tiny_llama.model.get_output_embeddings().weight
+    for keys, nxt in reader._pairs(tiny_llama, chunks):  # the joint solve fits both chunks' pairs at once
+        torch.testing.assert_close(keys[0] @ joint.delta(name).T, 3.0 * embed[nxt].float(), atol=2e-2, rtol=2e-2)
+    summed = reader.compose(reader.adapters_for_chunks(tiny_llama, chunks))
+    assert not torch.allclose(joint.delta(name), summed.delta(name), atol=1e-3)  # not the concatenation

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lora_memory.adapter import LoRAAdapter, LoRAWeights
+from lora_memory.chunking import chunk_text
 from lora_memory.evaluation.prose import (
     capacity_markdown,
     evaluate_prose_capacity,
@@ -374,8 +375,9 @@ def test_each_kind_of_eval_table_has_its_own_output_block():
     parser = argparse.ArgumentParser()
     add_eval_arguments(parser)
     names = [section_name(parser.parse_args(flags)) for flags in
-             ([], ["--capacity"], ["--density"], ["--prose"], ["--prose", "--validation"], ["--prose", "--capacity"])]
-    assert names == ["ladder", "ladder", "density", "prose", "prose-validation", "prose-capacity"]
+             ([], ["--capacity"], ["--density"], ["--prose"], ["--prose", "--validation"], ["--prose", "--capacity"],
+              ["--prose", "--validation", "--composition"])]
+    assert names == ["ladder", "ladder", "density", "prose", "prose-validation", "prose-capacity", "prose-composition"]
     shape = parser.parse_args(["--capacity", "--capacity-shape", '{"rank": 32, "target_layers": null}'])
     assert shape.capacity_shape == {"rank": 32, "target_layers": None}
 
@@ -400,3 +402,34 @@ def test_written_capacity_questions_are_held_out_articles_and_never_an_evaluatio
     assert all(" ".join(qa.question.casefold().split()) not in asked for qas in written.values() for qa in qas)
     assert sum(len(qas) for qas in written.values()) > 400
     assert set(written).isdisjoint(written_questions())  # and the hypernetwork's training data never holds them
+
+
+def test_the_composition_diagnosis_composes_each_part_apart(tiny_llama):
+    from lora_memory.evaluation.composition import composition_markdown, evaluate_composition, merge, modules_of
+    from lora_memory.hypernet.associative import AssociativeReader
+    from memory_support import tiny_hypernet
+
+    texts = [a.text for a in load_articles("train")[:3]]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        reader = AssociativeReader.fit(tiny_llama, texts, progress=False, target_layers=[2], max_chunk_tokens=64,
+                                       associative_map_rank=2)
+    learned = tiny_hypernet(tiny_llama, 0, target_layers=[0, 1], input_layer=1, max_chunk_tokens=64)
+    with pytest.raises(ValueError, match="no companion"):
+        evaluate_composition(learned, tiny_llama, articles=1, progress=False)
+    both = learned.add_companion(reader)
+    theirs = {reader.config.module_name(2)}
+    chunks = [c for t in texts[:2] for c in chunk_text(tiny_llama.tokenizer, t, 64)[:1]]
+    one, two = (both.compose(both.adapters_for_chunks(tiny_llama, chunks[:k])) for k in (1, 2))
+    mixed = merge(two, one, theirs)  # the learned reader's part of two chunks, the companion's of one
+    for name in mixed.weights:
+        torch.testing.assert_close(mixed.delta(name), (one if name in theirs else two).delta(name))
+    assert set(modules_of(two, theirs).weights) == theirs and not theirs & set(modules_of(two, theirs, False).weights)
+    result = evaluate_composition(both, tiny_llama, articles=2, ranks=[3], max_new_tokens=2, progress=False)
+    valid = written_questions("valid")
+    assert result["n"] == sum(len(valid[t]) for t in sorted(valid)[:2]) and result["articles"] == 2
+    assert {"closed-book", "both parts, top-4", "companion alone, top-2", "learned reader alone, top-1",
+            "learned reader top-4, companion top-1", "learned reader top-1, companion top-2",
+            "both parts, top-4, companion solved jointly", "both parts, top-4, companion rank 3 per chunk"} <= set(result)
+    assert all(0.0 <= v <= 1.0 for k, v in result.items() if k not in ("n", "articles"))
+    assert "| both parts, top-1 |" in composition_markdown(result, "tiny")

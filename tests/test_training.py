@@ -327,3 +327,41 @@ def test_the_trainer_adds_a_companion_trains_both_parts_and_resumes(tmp_path, ti
     assert not torch.equal(saved.heads.bias_b, start.heads.bias_b)  # the learned part trained too
     with pytest.raises(ValueError, match="init_from"):
         _config(tmp_path, add_companion=str(tmp_path / "memory"))
+
+
+def test_delta_norm_is_the_squared_size_of_the_delta_beyond_the_reference():
+    from lora_memory.adapter import LoRAWeights
+    from lora_memory.training.objectives import delta_norm
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 4, 10, generator=gen), torch.randn(3, 7, 4, generator=gen)
+    ra, rb = torch.randn(2, 10, generator=gen), torch.randn(7, 2, generator=gen)
+    rows = LoRAAdapter({"m": LoRAWeights(a, b), "n": LoRAWeights(a, b)}, 0.5)
+    ref = LoRAAdapter({"m": LoRAWeights(ra, rb), "n": LoRAWeights(ra, rb)}, 2.0)
+    dense = ((0.5 * b @ a - 2.0 * rb @ ra) ** 2).sum((1, 2))
+    torch.testing.assert_close(delta_norm(rows, ["m"], ref), dense)
+    torch.testing.assert_close(delta_norm(rows, ["m", "n"], ref), 2 * dense)
+    torch.testing.assert_close(delta_norm(rows, ["m"]), ((0.5 * b @ a) ** 2).sum((1, 2)))
+    with pytest.raises(ValueError, match="module"):
+        delta_norm(rows, [])
+
+
+def test_the_quiet_term_holds_the_learned_reader_quiet_on_its_families_only(tmp_path, tiny_llama):
+    from lora_memory.training.d2l.trainer import compute_loss, generate_adapters
+    from lora_memory.training.objectives import delta_norm
+    from memory_support import tiny_hypernet
+
+    hypernet = tiny_hypernet(tiny_llama, 0, **{**TINY_HYPERNET, "dedupe_bias": True})
+    rng = random.Random(0)
+    examples = [needle_example(rng, "train", 10, 60), facts_example(rng, "train")]
+    plain = _config(tmp_path)
+    quiet = _config(tmp_path, quiet_weight=0.5, quiet_kinds=["facts"])
+    loss, _, extra = compute_loss(hypernet, tiny_llama, examples, quiet, None)
+    base_loss, _, base_extra = compute_loss(hypernet, tiny_llama, examples, plain, None)
+    own = [hypernet.config.module_name(layer) for layer in hypernet.config.layers]
+    with torch.no_grad():
+        norms = delta_norm(generate_adapters(hypernet, tiny_llama, examples), own, hypernet.bias_adapter())
+    assert "quiet_norm" not in base_extra and extra["quiet_norm"] == pytest.approx(norms[1].item(), rel=1e-4)
+    assert norms[1] > 0 and loss.item() == pytest.approx(base_loss.item() + 0.5 * norms[1].item(), rel=1e-4)
+    _, _, none = compute_loss(hypernet, tiny_llama, examples[:1], quiet, None)
+    assert "quiet_norm" not in none  # no example of its families: no term

@@ -137,19 +137,38 @@ class AssociativeReader(DocToLoRA):
         valid = (mask[:, :-1] & mask[:, 1:]).float()  # (N, T-1): a key whose next token is real
         keys = acts[:, :, :-1].float() * valid[:, None, :, None]  # (N, L, T-1, d_in)
         values = embeddings[:, 1:].float() * valid[..., None]  # (N, T-1, d_out)
+        return self._memory(keys, values)
+
+    def _memory(self, keys: torch.Tensor, values: torch.Tensor) -> LoRAAdapter:
+        """Keys (..., L, T, d_in) and their values (..., T, d_out) -> the adapter of their least-squares memory
+        (rank T; batched when there is a leading batch dimension). A zero key with a zero value adds nothing.
+        """
         with torch.no_grad():
-            kp = keys @ self._inverse_covariance()  # (N, L, T-1, d_in)
-            gram = kp @ keys.transpose(-1, -2)  # (N, L, T-1, T-1)
+            kp = keys @ self._inverse_covariance()  # (..., L, T, d_in)
+            gram = kp @ keys.transpose(-1, -2)  # (..., L, T, T)
             eye = torch.eye(gram.shape[-1], device=gram.device)
-            a = torch.linalg.solve(self.config.associative_mu * eye + gram, kp)  # (N, L, T-1, d_in)
-        b = self.config.associative_alpha * values[:, None].expand(-1, len(self.config.layers), -1, -1)
+            a = torch.linalg.solve(self.config.associative_mu * eye + gram, kp)  # (..., L, T, d_in)
+        b = self.config.associative_alpha * values.unsqueeze(-3).expand(*keys.shape[:-1], values.shape[-1])
         if self.config.associative_map_rank:
             # the query x meets the stored keys as (I + U V^T) x; the stored value e as e (I + W)
             a = a + (a @ self.query_v) @ self.query_u.transpose(-1, -2)
             b = b + b @ self.value_map
-        weights = {self.config.module_name(layer): LoRAWeights(a[:, j], b[:, j].transpose(-1, -2))
+        weights = {self.config.module_name(layer): LoRAWeights(a[..., j, :, :], b[..., j, :, :].transpose(-1, -2))
                    for j, layer in enumerate(self.config.layers)}
         return LoRAAdapter(weights, 1.0, self._metadata())
+
+    @torch.no_grad()
+    def joint_memory(self, base: LoadedModel, token_ids: list[list[int]]) -> LoRAAdapter:
+        """One memory of several chunks' pairs, solved together (rank: their lengths minus one each), where
+        :meth:`compose` concatenates each chunk's own solve. The joint solve fits each key to its value in the
+        presence of the other chunks' keys, so overlapping keys share the work instead of adding up
+        (``lora-memory eval --prose --validation --composition`` compares the two).
+        """
+        encoded = self.encode(base, token_ids)
+        assert encoded.acts is not None and encoded.embeddings is not None  # the config requires both
+        keys = torch.cat([encoded.acts[i, :, : len(ids) - 1] for i, ids in enumerate(token_ids)], dim=1)
+        values = torch.cat([encoded.embeddings[i, 1: len(ids)] for i, ids in enumerate(token_ids)])
+        return self._memory(keys.float(), values.float())
 
     def trim(self, adapter: LoRAAdapter, n_tokens: int) -> LoRAAdapter:
         """This reader's modules of a chunk's adapter cut to the chunk's own rank (its length - 1); other

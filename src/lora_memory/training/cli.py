@@ -71,6 +71,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="With --prose --validation: teacher-forced losses on the article's sentence through the "
                              "answer (what a hypernetwork trained with answers \"sentence\" replies), and a "
                              "48-token reply budget.")
+    parser.add_argument("--composition", action="store_true",
+                        help="With --prose --validation: where composing chunk adapters loses accuracy, for a reader "
+                             "with an associative companion (each part composed from top-1, 2 or 4 chunks; the "
+                             "companion solved jointly; each chunk's memory cut to --ranks).")
+    parser.add_argument("--ranks", type=int, nargs="*", default=[], metavar="R",
+                        help="With --composition: also cut each chunk's companion memory to these ranks.")
     parser.add_argument("--replies", type=Path, default=None, help="With --prose: write every reply to this JSON file.")
     parser.add_argument("--seed", type=int, default=None,
                         help="The ladder's document seed (default: EvalConfig's, which the tables in docs/ use); "
@@ -82,7 +88,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def section_name(args: argparse.Namespace) -> str:
     """The block of ``--output`` that this evaluation's table replaces: one per kind of table."""
     if args.prose:
-        return "prose-capacity" if args.capacity else "prose-validation" if args.validation else "prose"
+        if args.capacity:
+            return "prose-capacity"
+        if args.validation:
+            return "prose-composition" if args.composition else "prose-validation"
+        return "prose"
     return "density" if args.density else "ladder"
 
 
@@ -105,7 +115,12 @@ def run_eval(args: argparse.Namespace) -> int:
         from ..evaluation.prose import evaluate_prose
 
         name = str(path) if args.hypernet else "the shipped checkpoint"
-        if args.validation:
+        if args.validation and args.composition:
+            from ..evaluation.composition import composition_markdown, evaluate_composition
+
+            table = composition_markdown(evaluate_composition(hypernet, base, 10 if args.quick else 60,
+                                                              ranks=args.ranks), name)
+        elif args.validation:
             from ..evaluation.prose import evaluate_written_validation, validation_markdown
 
             result = evaluate_written_validation(hypernet, base, 10 if args.quick else 60,

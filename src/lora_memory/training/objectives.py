@@ -16,6 +16,8 @@
   (which cancels what every adapter shares, such as the answer format) or under the document-free
   bias adapter (which cannot be met by making other documents' adapters worse).
 - :func:`l1_penalty`: the L1 penalty on generated A and B.
+- :func:`delta_norm`: the squared size of a batched adapter's document part on some modules (its
+  delta beyond a shared reference such as the bias), to hold a reader quiet on some families.
 
 Only positions with a target are projected to the vocabulary, which saves most
 of the language-model head's cost on prompt tokens.
@@ -23,6 +25,7 @@ of the language-model head's cost on prompt tokens.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -213,6 +216,30 @@ def contrast_loss(model: PreTrainedModel, batch: StudentBatch, adapter: LoRAAdap
         ref = answer_loss(model, alone, bias.as_batch()).row_losses
     hinge = (torch.relu(margin - (ref - own_rows)) + torch.relu(other - ref)).mean()
     return ContrastOutput(hinge, gap.detach(), (ref - own_rows).detach())
+
+
+def delta_norm(adapter: LoRAAdapter, modules: Collection[str], reference: LoRAAdapter | None = None) -> torch.Tensor:
+    """Per row of a batched adapter: the squared Frobenius norm of its delta ``scaling * B @ A`` minus the
+    (unbatched) ``reference``'s delta, summed over ``modules``; shape (N,).
+
+    Computed from the factors, ``||B' A'||^2 = sum((B'^T B') * (A' A'^T))`` with the reference's factors
+    appended (its B negated), so the dense (d_out, d_in) delta is never formed.
+    """
+    total = None
+    for name in modules:
+        w = adapter.weights[name]
+        a, b = w.A, adapter.scaling * w.B  # (N, r, d_in), (N, d_out, r)
+        if reference is not None:
+            ref = reference.weights[name]
+            n = a.shape[0]
+            a = torch.cat([a, ref.A.to(a.dtype).expand(n, -1, -1)], dim=1)
+            b = torch.cat([b, -reference.scaling * ref.B.to(b.dtype).expand(n, -1, -1)], dim=2)
+        a, b = a.float(), b.float()
+        term = ((b.transpose(1, 2) @ b) * (a @ a.transpose(1, 2))).sum((1, 2))
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("delta_norm needs at least one module")
+    return total
 
 
 def l1_penalty(adapter: LoRAAdapter) -> torch.Tensor:

@@ -101,6 +101,14 @@ class TrainConfig(BaseModel):
     contrast_kinds: list[TaskKind] = Field(
         ["prose"], description="Task families whose examples are paired for the hinge."
     )
+    quiet_weight: float = Field(
+        0.0, ge=0, description="Weight of the quiet term: on examples of quiet_kinds, the squared Frobenius norm "
+                               "of the learned reader's document part (its modules' delta beyond the shared bias "
+                               "with dedupe_bias, else all of it), summed over its modules and averaged over those "
+                               "examples; so a reader with a companion leaves those families to the companion."
+    )
+    quiet_kinds: list[TaskKind] = Field(["prose"], description="Task families the quiet term holds the learned "
+                                                               "reader quiet on.")
     seed: int = 0
     out_dir: str = Field("runs/d2l", description="Checkpoints, logs and the final hypernetwork.")
     checkpoint_every: int = Field(50, ge=1)

@@ -28,7 +28,16 @@ from ...base import LoadedModel, load_base_model
 from ...hypernet import DocToLoRA, HypernetConfig
 from ..checkpoint import read_state, restore_optimizer, save_checkpoint
 from ..diagnostics import adapter_spread
-from ..objectives import LossOutput, answer_loss, contrast_loss, distill_loss, keep_loss, l1_penalty, teacher_loss
+from ..objectives import (
+    LossOutput,
+    answer_loss,
+    contrast_loss,
+    delta_norm,
+    distill_loss,
+    keep_loss,
+    l1_penalty,
+    teacher_loss,
+)
 from .batching import chunk_examples, qa_batch
 from .config import Stage, TrainConfig
 from .data import Example, Split, make_example
@@ -123,6 +132,14 @@ def compute_loss(hypernet: DocToLoRA, base: LoadedModel, examples: list[Example]
     loss = out.loss + config.l1_weight * l1_penalty(adapter) if config.l1_weight else out.loss
     if config.keep_weight and any(ex.info.get("keep") for ex in examples):
         loss = loss + config.keep_weight * keep_loss(base.model, qa_batch(base.tokenizer, examples, keep=True), adapter)
+    if config.quiet_weight:
+        rows = torch.tensor([i for i, ex in enumerate(examples) if ex.kind in config.quiet_kinds], dtype=torch.long)
+        if rows.numel():
+            own = [hypernet.config.module_name(layer) for layer in hypernet.config.layers]
+            reference = hypernet.bias_adapter() if hypernet.config.dedupe_bias else None
+            quiet = delta_norm(adapter.select(rows), own, reference).mean()
+            loss = loss + config.quiet_weight * quiet
+            extra["quiet_norm"] = quiet.item()
     if config.teacher_weight:
         kl = teacher_loss(base.model, out, qa_batch(base.tokenizer, examples, in_context=True))
         loss = loss + config.teacher_weight * kl
