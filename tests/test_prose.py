@@ -376,8 +376,9 @@ def test_each_kind_of_eval_table_has_its_own_output_block():
     add_eval_arguments(parser)
     names = [section_name(parser.parse_args(flags)) for flags in
              ([], ["--capacity"], ["--density"], ["--prose"], ["--prose", "--validation"], ["--prose", "--capacity"],
-              ["--prose", "--validation", "--composition"])]
-    assert names == ["ladder", "ladder", "density", "prose", "prose-validation", "prose-capacity", "prose-composition"]
+              ["--prose", "--validation", "--composition"], ["--prose", "--two-chunk"])]
+    assert names == ["ladder", "ladder", "density", "prose", "prose-validation", "prose-capacity", "prose-composition",
+                     "prose-two-chunk"]
     shape = parser.parse_args(["--capacity", "--capacity-shape", '{"rank": 32, "target_layers": null}'])
     assert shape.capacity_shape == {"rank": 32, "target_layers": None}
 
@@ -433,3 +434,28 @@ def test_the_composition_diagnosis_composes_each_part_apart(tiny_llama):
             "both parts, top-4, companion solved jointly", "both parts, top-4, companion rank 3 per chunk"} <= set(result)
     assert all(0.0 <= v <= 1.0 for k, v in result.items() if k not in ("n", "articles"))
     assert "| both parts, top-1 |" in composition_markdown(result, "tiny")
+
+
+def test_two_chunk_questions_pair_articles_and_need_both_answers(tiny_llama, monkeypatch):
+    from lora_memory.evaluation import prose_pairs
+    from lora_memory.evaluation.prose_pairs import evaluate_pairs, pairs_markdown, question_pairs
+
+    questions = handwritten_questions()
+    pairs = question_pairs(questions)
+    titles = list(dict.fromkeys(q.title for q in questions))
+    assert len(pairs) == len(titles) and all(p.first.title != p.second.title for p in pairs)
+    assert [p.first.title for p in pairs] == titles and pairs[-1].second.title == titles[0]
+    assert pairs[0].first == next(q for q in questions if q.title == titles[0])  # each article's first question
+    assert question_pairs(questions[:1]) == [] and pairs[0].second.question in pairs[0].prompt
+    hypernet = DocToLoRA.for_base_model(tiny_llama, **TINY_HYPERNET)
+    with pytest.raises(ValueError, match="two articles"):
+        evaluate_pairs(hypernet, tiny_llama, [], progress=False)
+    # a stub decoder that answers only the first question: "both" must not count it
+    monkeypatch.setattr(prose_pairs, "greedy_answers", lambda base, prompts, adapters, n: [
+        next(p.first.answers[0] for p in pairs[:3] if p.first.question in prompt) for prompt in prompts])
+    result = evaluate_pairs(hypernet, tiny_llama, pairs[:3], progress=False)
+    assert set(result) == {"closed-book", "in-context (both articles)", "RAG (top-2 chunks in the prompt)",
+                           "internalized top-2", "internalized, both articles' chunks"}
+    for m in result.values():
+        assert m["n"] == 3 and m["first"] == 1.0 and m["both"] == 0.0
+    assert "| internalized top-2 | 0.00 | 1.00 |" in pairs_markdown(result, "tiny")

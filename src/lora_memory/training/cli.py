@@ -75,6 +75,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="With --prose --validation: where composing chunk adapters loses accuracy, for a reader "
                              "with an associative companion (each part composed from top-1, 2 or 4 chunks; the "
                              "companion solved jointly; each chunk's memory cut to --ranks).")
+    parser.add_argument("--two-chunk", action="store_true",
+                        help="With --prose: questions that need two chunks (two held-out articles' questions asked "
+                             "as one prompt) instead of the prose table.")
     parser.add_argument("--ranks", type=int, nargs="*", default=[], metavar="R",
                         help="With --composition: also cut each chunk's companion memory to these ranks.")
     parser.add_argument("--replies", type=Path, default=None, help="With --prose: write every reply to this JSON file.")
@@ -92,7 +95,7 @@ def section_name(args: argparse.Namespace) -> str:
             return "prose-capacity"
         if args.validation:
             return "prose-composition" if args.composition else "prose-validation"
-        return "prose"
+        return "prose-two-chunk" if args.two_chunk else "prose"
     return "density" if args.density else "ladder"
 
 
@@ -112,7 +115,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 for variant in ("rules", "everything", "written")}
         table = capacity_markdown(caps, shape)
     elif args.prose:
-        from ..evaluation.prose import evaluate_prose
+        from ..evaluation.prose import evaluate_prose, handwritten_questions
 
         name = str(path) if args.hypernet else "the shipped checkpoint"
         if args.validation and args.composition:
@@ -120,6 +123,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
             table = composition_markdown(evaluate_composition(hypernet, base, 10 if args.quick else 60,
                                                               ranks=args.ranks), name)
+        elif args.two_chunk:
+            from ..evaluation.prose_pairs import evaluate_pairs, pairs_markdown, question_pairs
+
+            pairs = question_pairs(handwritten_questions())
+            table = pairs_markdown(evaluate_pairs(hypernet, base, pairs[:10] if args.quick else pairs), name)
         elif args.validation:
             from ..evaluation.prose import evaluate_written_validation, validation_markdown
 
