@@ -96,7 +96,9 @@ def run(ctx: Context, img: Path) -> Section:
     ids = base.tokenizer(check.text, add_special_tokens=False, return_tensors="pt").input_ids
     with torch.inference_mode():
         cache = base.model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
-    kv_real, kv_formula = cache_nbytes(cache), kv_tok * ids.shape[1]
+    # the real cache is in the base model's dtype (fp32 on a CPU without native bf16), so check it in that dtype
+    kv_real = cache_nbytes(cache)
+    kv_formula = kv_bytes_per_token(base.model.config, base.dtype.itemsize) * ids.shape[1]
     n_check = len(chunk_text(base.tokenizer, check.text, hc.max_chunk_tokens))
     adapter = hypernet.internalize(base, check.text).to(dtype=torch.bfloat16)
     applied_rank = (n_check + (1 if n_check > 1 and hc.dedupe_bias else 0)) * hc.rank
@@ -144,7 +146,7 @@ def run(ctx: Context, img: Path) -> Section:
     lines = [
         f"KV cache: {kv_tok:,} bytes per token in bf16 (2 x {base.model.config.num_hidden_layers} layers x "
         f"{base.model.config.num_key_value_heads} KV heads x head dim x 2 bytes); a real `past_key_values` for "
-        f"{ids.shape[1]:,} tokens holds {kv_real:,} bytes, the formula gives {kv_formula:,} "
+        f"{ids.shape[1]:,} tokens holds {kv_real:,} bytes, the formula in its dtype ({base.dtype}) gives {kv_formula:,} "
         f"({'match' if kv_real == kv_formula else 'MISMATCH'}).",
         f"Adapter: {per_rank:,} bytes per rank in bf16 ((d_in {hc.module_d_in} + d_out {hc.module_d_out}) x "
         f"{len(hc.layers)} layers x 2 bytes), rank {hc.rank} per {hc.max_chunk_tokens}-token chunk; a real composed "
