@@ -3,9 +3,11 @@
 Sizes are computed from the model and hypernetwork configs and checked against
 real objects: the KV cache per token (bf16) is ``2 (K and V) * layers * kv_heads
 * head_dim * 2 bytes``, compared with a real ``past_key_values``; a chunk's adapter
-is ``rank * (d_in + d_out) * target layers * 2 bytes`` in bf16 (as applied),
-compared with a real one. Peak RSS is measured per variant in its own process
-(:mod:`benchmarks.rss_probe`), which reports its own peak (``VmHWM``).
+is ``rank * (d_in + d_out) * target layers * 2 bytes`` in bf16 (as applied) for the
+learned reader, plus, with an associative companion, ``(chunk tokens - 1) * (d_in +
+d_out) * its layers * 2 bytes`` (one rank per stored token), compared with a real
+one. Peak RSS is measured per variant in its own process (:mod:`benchmarks.rss_probe`),
+which reports its own peak (``VmHWM``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from lora_memory.chunking import chunk_text
+from lora_memory.hypernet import HypernetConfig
 
 from .common import Context, Section, Stats, Target, md_table, timing_document
 from .plots import grouped_bars
@@ -43,10 +46,31 @@ def cache_nbytes(cache) -> int:
     return sum(v.nbytes for layer in cache.layers for v in vars(layer).values() if torch.is_tensor(v))
 
 
-def adapter_bytes_per_rank(ctx: Context) -> int:
-    """bf16 bytes of one rank of an adapter over every target module."""
-    c = ctx.hypernet.config
-    return (c.module_d_in + c.module_d_out) * len(c.layers) * BF16
+def bytes_per_rank(config: HypernetConfig) -> int:
+    """bf16 bytes of one rank of a reader's adapter over every one of its target modules."""
+    assert config.module_d_in is not None and config.module_d_out is not None
+    return (config.module_d_in + config.module_d_out) * len(config.layers) * BF16
+
+
+def part_ranks(config: HypernetConfig, chunk_tokens: list[int], composed: bool = True) -> list[tuple[int, int]]:
+    """(rank, bf16 bytes per rank) of each part of the adapter of chunks with these token counts: the learned
+    reader's ``rank`` per chunk, and an associative companion's one rank per chunk token but the last. Composing
+    more than one chunk adds one bias correction to each part (the companion's is a zero rank-1 term: it has no
+    bias). Not ``composed``: the chunks' stored adapters.
+    """
+    k = len(chunk_tokens)
+    correction = 1 if composed and k > 1 and config.dedupe_bias else 0
+    parts = [((k + correction) * config.rank, bytes_per_rank(config))]
+    if config.companion is not None:
+        parts.append((sum(n - 1 for n in chunk_tokens) + correction, bytes_per_rank(config.companion)))
+    return parts
+
+
+def adapter_bytes(parts: list[tuple[int, int]], max_rank: int | None = None) -> int:
+    """bf16 bytes of an adapter with these parts (:func:`part_ranks`), each cut to ``max_rank`` if given (as
+    ``LoRAAdapter.compress`` cuts every module above it).
+    """
+    return sum(min(rank, max_rank or rank) * per_rank for rank, per_rank in parts)
 
 
 def probe_rss(variant: str, tokens: int, ctx: Context) -> dict:
@@ -89,7 +113,8 @@ def _mib(n: float) -> str:
 def run(ctx: Context, img: Path) -> Section:
     s, base, hypernet = ctx.settings, ctx.base, ctx.hypernet
     hc = hypernet.config
-    kv_tok, per_rank = kv_bytes_per_token(base.model.config), adapter_bytes_per_rank(ctx)
+    kv_tok, per_rank = kv_bytes_per_token(base.model.config), bytes_per_rank(hc)
+    companion_per_rank = bytes_per_rank(hc.companion) if hc.companion is not None else 0
 
     # checks of the formulas against real objects
     check = timing_document(base, 1024, s.seed)
@@ -99,20 +124,20 @@ def run(ctx: Context, img: Path) -> Section:
     # the real cache is in the base model's dtype (fp32 on a CPU without native bf16), so check it in that dtype
     kv_real = cache_nbytes(cache)
     kv_formula = kv_bytes_per_token(base.model.config, base.dtype.itemsize) * ids.shape[1]
-    n_check = len(chunk_text(base.tokenizer, check.text, hc.max_chunk_tokens))
+    check_chunks = [len(c.token_ids) for c in chunk_text(base.tokenizer, check.text, hc.max_chunk_tokens)]
     adapter = hypernet.internalize(base, check.text).to(dtype=torch.bfloat16)
-    applied_rank = (n_check + (1 if n_check > 1 and hc.dedupe_bias else 0)) * hc.rank
-    adapter_real, adapter_formula = adapter.nbytes(), applied_rank * per_rank
+    check_parts = part_ranks(hc, check_chunks)
+    adapter_real, adapter_formula = adapter.nbytes(), adapter_bytes(check_parts)
 
     rows, sizes = [], {"KV cache": [], "adapters (stored)": [], f"applied adapter, max_rank={COMPRESSED_RANK}": []}
     for n in s.footprint_lengths:
         doc = timing_document(base, n, s.seed)
-        chunks = len(chunk_text(base.tokenizer, doc.text, hc.max_chunk_tokens))
-        kv, stored = doc.n_tokens * kv_tok, chunks * hc.rank * per_rank
-        rank = (chunks + (1 if chunks > 1 and hc.dedupe_bias else 0)) * hc.rank
-        compressed = min(rank, COMPRESSED_RANK) * per_rank
-        rows.append([f"{n:,}", str(chunks), _mib(kv), _mib(stored), f"{kv / stored:.1f}x", str(rank),
-                     _mib(compressed), f"{kv / compressed:.1f}x"])
+        tokens = [len(c.token_ids) for c in chunk_text(base.tokenizer, doc.text, hc.max_chunk_tokens)]
+        parts = part_ranks(hc, tokens)
+        kv, stored = doc.n_tokens * kv_tok, adapter_bytes(part_ranks(hc, tokens, composed=False))
+        compressed = adapter_bytes(parts, COMPRESSED_RANK)
+        rows.append([f"{n:,}", str(len(tokens)), _mib(kv), _mib(stored), f"{kv / stored:.1f}x",
+                     " + ".join(str(rank) for rank, _ in parts), _mib(compressed), f"{kv / compressed:.1f}x"])
         for name, value in zip(sizes, (kv, stored, compressed)):
             sizes[name].append(value / 2**20)
     bytes_figure = grouped_bars(img / "memory_bytes.png", "KV cache vs adapter (bf16)", "MiB",
@@ -124,7 +149,7 @@ def run(ctx: Context, img: Path) -> Section:
     for chunk in COMBO_CHUNKS:
         cells = []
         for r in COMBO_RANKS:
-            ratio = chunk * kv_tok / (r * per_rank)
+            ratio = chunk * kv_tok / (r * per_rank + (chunk - 1) * companion_per_rank)
             mark = " (default)" if (chunk, r) == (hc.max_chunk_tokens, hc.rank) else ""
             cells.append(f"{ratio:.1f}x{' ✓' if ratio >= 50 else ''}{mark}")
         combo_rows.append([f"{chunk:,}", *cells])
@@ -142,16 +167,27 @@ def run(ctx: Context, img: Path) -> Section:
                               {v: [peak[n][v] for n in s.rss_lengths] for v in VARIANTS},
                               note=f"median of {s.runs} processes per bar, bars min-max")
 
-    default_ratio = hc.max_chunk_tokens * kv_tok / (hc.rank * per_rank)
+    default_ratio = hc.max_chunk_tokens * kv_tok / adapter_bytes(part_ranks(hc, [hc.max_chunk_tokens], composed=False))
+    if hc.companion is None:
+        companion_line, ceiling = "", ""
+    else:
+        companion_line = (
+            f" With its associative companion each chunk also stores {companion_per_rank:,} bytes per token but the "
+            f"last ((d_in {hc.companion.module_d_in} + d_out {hc.companion.module_d_out}) x "
+            f"{len(hc.companion.layers)} layer(s) x 2 bytes, one rank per stored token); the composed rank is "
+            "written as learned + companion.")
+        ceiling = (f" With the companion no chunk length reaches it: the companion alone stores {companion_per_rank:,} "
+                   f"bytes per token against the KV cache's {kv_tok:,}, a ceiling of {kv_tok / companion_per_rank:.1f}x.")
     lines = [
         f"KV cache: {kv_tok:,} bytes per token in bf16 (2 x {base.model.config.num_hidden_layers} layers x "
         f"{base.model.config.num_key_value_heads} KV heads x head dim x 2 bytes); a real `past_key_values` for "
         f"{ids.shape[1]:,} tokens holds {kv_real:,} bytes, the formula in its dtype ({base.dtype}) gives {kv_formula:,} "
         f"({'match' if kv_real == kv_formula else 'MISMATCH'}).",
         f"Adapter: {per_rank:,} bytes per rank in bf16 ((d_in {hc.module_d_in} + d_out {hc.module_d_out}) x "
-        f"{len(hc.layers)} layers x 2 bytes), rank {hc.rank} per {hc.max_chunk_tokens}-token chunk; a real composed "
-        f"adapter of {n_check} chunks (rank {applied_rank}) holds {adapter_real:,} bytes, the formula gives "
-        f"{adapter_formula:,} ({'match' if adapter_real == adapter_formula else 'MISMATCH'}). Chunk "
+        f"{len(hc.layers)} layers x 2 bytes), rank {hc.rank} per {hc.max_chunk_tokens}-token chunk.{companion_line} "
+        f"A real composed adapter of {len(check_chunks)} chunks (rank {' + '.join(str(r) for r, _ in check_parts)}) "
+        f"holds {adapter_real:,} bytes, the formula gives {adapter_formula:,} "
+        f"({'match' if adapter_real == adapter_formula else 'MISMATCH'}). Chunk "
         "adapters are stored in the base model's dtype (bf16 here): a chunk file holds these bytes plus the "
         "chunk's text and a safetensors header. Composing K > 1 chunks adds one rank-r bias correction. "
         f"*Applied, max_rank={COMPRESSED_RANK}*: the composed adapter under a `MemoryConfig(max_rank="
@@ -162,13 +198,15 @@ def run(ctx: Context, img: Path) -> Section:
         "",
         f"![KV cache vs adapter bytes](img/{bytes_figure.name})",
         "",
-        "KV cache of one chunk / that chunk's adapter, for other chunk lengths and ranks (✓: at least 50x). "
+        "KV cache of one chunk / that chunk's adapter, for other chunk lengths and learned-reader ranks, the "
+        "companion's part (if any) included (✓: at least 50x). "
         "Lengths above the hypernetwork's `max_chunk_tokens` need a hypernetwork trained for them.",
         "",
         *md_table(["chunk tokens", *(f"rank {r}" for r in COMBO_RANKS)], combo_rows),
         "",
-        f"The 1/50 target needs chunk tokens / rank >= {math.ceil(50 * per_rank / kv_tok)} per chunk (the table's ✓ "
-        f"cells); the default ({hc.max_chunk_tokens} tokens, rank {hc.rank}) stores 1/{default_ratio:.1f}. For a "
+        f"The learned reader alone reaches the 1/50 target at chunk tokens / rank >= "
+        f"{math.ceil(50 * per_rank / kv_tok)} per chunk.{ceiling} The default ({hc.max_chunk_tokens} tokens, rank "
+        f"{hc.rank}) stores 1/{default_ratio:.1f}. For a "
         f"whole long document a rank budget gets there instead: with `max_rank={COMPRESSED_RANK}` the applied "
         "adapter stays the same size whatever the length (see *KV / applied* above), at the price of an SVD "
         "approximation.",

@@ -47,6 +47,26 @@ def test_kv_formula_matches_a_real_cache(benchmarks_on_path, tiny_llama):
     assert cache_nbytes(cache) == 37 * kv_bytes_per_token(tiny_llama.model.config, element_bytes=4)  # fp32
 
 
+def test_adapter_formula_counts_both_parts_of_a_reader_with_a_companion(benchmarks_on_path, tiny_llama):
+    from benchmarks.footprint import adapter_bytes, part_ranks
+    from lora_memory.chunking import chunk_text
+    from lora_memory.hypernet.associative import AssociativeReader
+    from memory_support import tiny_hypernet
+
+    texts = ["Kigali is the capital of Rwanda. It was founded in 1907 by a German doctor.",
+             "The Vorland Bridge spans the river Ess. The engineer Mara Quill completed it in 1873."]
+    learned = tiny_hypernet(tiny_llama, target_layers=[0, 1], input_layer=1, max_chunk_tokens=16)
+    both = learned.add_companion(AssociativeReader.fit(tiny_llama, texts, progress=False, target_layers=[2],
+                                                       max_chunk_tokens=16))
+    chunks = [c for t in texts for c in chunk_text(tiny_llama.tokenizer, t, 16)]
+    assert len(chunks) > 2
+    composed = both.compose(both.adapters_for_chunks(tiny_llama, chunks)).to(dtype=torch.bfloat16)
+    parts = part_ranks(both.config, [len(c.token_ids) for c in chunks])
+    assert [r for r, _ in parts] == [(len(chunks) + 1) * both.config.rank, sum(len(c.token_ids) - 1 for c in chunks) + 1]
+    assert composed.nbytes() == adapter_bytes(parts)
+    assert adapter_bytes(parts, max_rank=4) == composed.compress(4).to(dtype=torch.bfloat16).nbytes()
+
+
 def test_minilm_embeddings_rank_related_text_first(benchmarks_on_path):
     from benchmarks.minilm import MiniLMEmbedding
 
