@@ -43,6 +43,16 @@ def test_stack_adapters_pads_ranks_and_folds_scalings(tiny_llama, make_lora):
     assert stack_adapters([a]) is a and stack_adapters([None, None]) is None
 
 
+def test_stack_adapters_pads_each_module_to_its_own_widest_row():
+    """A rank-8 module beside a long companion memory is not padded to the memory's rank (wasted matmuls)."""
+    a = LoRAAdapter({"narrow": LoRAWeights(torch.ones(2, 4), torch.ones(3, 2)),
+                     "wide": LoRAWeights(torch.ones(9, 4), torch.ones(3, 9))})
+    b = LoRAAdapter({"narrow": LoRAWeights(torch.ones(3, 4), torch.ones(3, 3))})
+    stacked = stack_adapters([a, b])
+    assert stacked.weights["narrow"].rank == 3 and stacked.weights["wide"].rank == 9
+    assert torch.equal(stacked.unbatch()[1].delta("wide"), torch.zeros(3, 4))
+
+
 def test_stack_adapters_rejects_rows_of_other_shapes(tiny_llama):
     a = LoRAAdapter({"m": LoRAWeights(torch.ones(2, 4), torch.ones(3, 2))})
     b = LoRAAdapter({"m": LoRAWeights(torch.ones(2, 5), torch.ones(3, 2))})

@@ -125,9 +125,11 @@ class LoRAAdapter:
     def stack(cls, rows: Sequence[LoRAAdapter | None]) -> LoRAAdapter:
         """One batched adapter whose row ``i`` is ``rows[i]`` (None: no adapter on that row).
 
-        Ranks are zero-padded to the widest row (zero rows of ``A`` and columns of ``B``
-        add nothing), modules missing from a row are zeros, and each row's scaling is
-        folded into its ``B`` (in fp32, then cast back), so the result has scaling 1.
+        Each module's rank is zero-padded to its widest row (zero rows of ``A`` and columns
+        of ``B`` add nothing; a module is padded to its own rows, not to the adapter's widest
+        module, so a rank-8 module beside a chunk-long companion memory stays cheap), modules
+        missing from a row are zeros, and each row's scaling is folded into its ``B`` (in
+        fp32, then cast back), so the result has scaling 1.
 
         Raises:
             ValueError: no row has an adapter, or two rows disagree on a module's shape.
@@ -135,15 +137,17 @@ class LoRAAdapter:
         present = [a for a in rows if a is not None]
         if not present:
             raise ValueError("stack needs at least one adapter")
-        rank = max(a.rank for a in present)
         shapes: dict[str, tuple[int, int, torch.dtype, torch.device]] = {}
+        ranks: dict[str, int] = {}
         for a in present:
             for name, w in a.weights.items():
                 shape = (w.A.shape[-1], w.B.shape[-2], w.A.dtype, w.A.device)
                 if shapes.setdefault(name, shape)[:2] != shape[:2]:
                     raise ValueError(f"module {name}: rows disagree on (d_in, d_out): {shapes[name][:2]} vs {shape[:2]}")
+                ranks[name] = max(ranks.get(name, 0), w.rank)
         weights = {}
         for name, (d_in, d_out, dtype, device) in shapes.items():
+            rank = ranks[name]
             A = torch.zeros(len(rows), rank, d_in, dtype=dtype, device=device)  # (N, r, d_in)
             B = torch.zeros(len(rows), d_out, rank, dtype=dtype, device=device)  # (N, d_out, r)
             for i, row in enumerate(rows):
