@@ -19,7 +19,7 @@ from lora_memory import LoRAMemory
 from lora_memory.paths import temporary_home
 
 from .common import Context, Section, Stats, Target, md_table, timing_document
-from .footprint import adapter_bytes_per_rank
+from .footprint import adapter_bytes, part_ranks
 from .plots import grouped_bars
 
 FIRST, HIT, UNCHANGED = "first ingest", "cache hit (new collection)", "unchanged re-add (same collection)"
@@ -75,7 +75,8 @@ def run(ctx: Context, img: Path) -> Section:
     ratios = {n: results[n][FIRST].median / results[n][HIT].median for n in lengths}
     worst = min(ratios, key=ratios.get)
     if ratios[worst] < 50:
-        chunk_mib = ctx.hypernet.config.rank * adapter_bytes_per_rank(ctx) / 2**20
+        hc = ctx.hypernet.config
+        chunk_mib = adapter_bytes(part_ranks(hc, [hc.max_chunk_tokens], composed=False)) / 2**20  # a full chunk
         lines += ["", "Why a cache hit is not 50x faster: no chunk goes through the hypernetwork, but the document "
                       "is still tokenized and chunked to find its keys, and the new collection gets its own "
                       f"fsynced copy of every chunk file ({chunk_mib:.2f} MiB per chunk, copied from the cache "
