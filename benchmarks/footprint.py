@@ -188,7 +188,8 @@ def run(ctx: Context, img: Path) -> Section:
         f"A real composed adapter of {len(check_chunks)} chunks (rank {' + '.join(str(r) for r, _ in check_parts)}) "
         f"holds {adapter_real:,} bytes, the formula gives {adapter_formula:,} "
         f"({'match' if adapter_real == adapter_formula else 'MISMATCH'}). Chunk "
-        "adapters are stored in the base model's dtype (bf16 here): a chunk file holds these bytes plus the "
+        f"adapters are stored in the base model's dtype ({base.dtype} here; these tables count bf16): a chunk file "
+        "holds these bytes plus the "
         "chunk's text and a safetensors header. Composing K > 1 chunks adds one rank-r bias correction. "
         f"*Applied, max_rank={COMPRESSED_RANK}*: the composed adapter under a `MemoryConfig(max_rank="
         f"{COMPRESSED_RANK})` budget (SVD-compressed when the composed rank exceeds it).",
