@@ -376,9 +376,10 @@ def test_each_kind_of_eval_table_has_its_own_output_block():
     add_eval_arguments(parser)
     names = [section_name(parser.parse_args(flags)) for flags in
              ([], ["--capacity"], ["--density"], ["--prose"], ["--prose", "--validation"], ["--prose", "--capacity"],
-              ["--prose", "--validation", "--composition"], ["--prose", "--two-chunk"])]
+              ["--prose", "--validation", "--composition"], ["--prose", "--two-chunk"],
+              ["--prose", "--validation", "--companion-reads"])]
     assert names == ["ladder", "ladder", "density", "prose", "prose-validation", "prose-capacity", "prose-composition",
-                     "prose-two-chunk"]
+                     "prose-two-chunk", "prose-companion-reads"]
     shape = parser.parse_args(["--capacity", "--capacity-shape", '{"rank": 32, "target_layers": null}'])
     assert shape.capacity_shape == {"rank": 32, "target_layers": None}
 
@@ -434,6 +435,52 @@ def test_the_composition_diagnosis_composes_each_part_apart(tiny_llama):
             "both parts, top-4, companion solved jointly", "both parts, top-4, companion rank 3 per chunk"} <= set(result)
     assert all(0.0 <= v <= 1.0 for k, v in result.items() if k not in ("n", "articles"))
     assert "| both parts, top-1 |" in composition_markdown(result, "tiny")
+
+
+def test_companion_reads_linear_is_the_composed_memory_and_the_others_keep_what_they_say(tiny_llama):
+    from lora_memory.apply import apply_adapter
+    from lora_memory.evaluation.companion_reads import companion_read, pack, read_memories
+    from lora_memory.hypernet.associative import AssociativeReader
+
+    texts = [a.text for a in load_articles("train")[:2]]
+    reader = AssociativeReader.fit(tiny_llama, texts, progress=False, target_layers=[2], max_chunk_tokens=64)
+    name = reader.config.module_name(2)
+    chunks = [chunk_text(tiny_llama.tokenizer, t, 64)[0] for t in texts]
+    memories = [a.weights[name] for a in reader.adapters_for_chunks(tiny_llama, chunks)]
+    ids = torch.tensor([chunks[0].token_ids[:12]])
+    with apply_adapter(tiny_llama.model, reader.compose(reader.adapters_for_chunks(tiny_llama, chunks))):
+        composed = tiny_llama.model(ids).logits
+    with companion_read(dict(tiny_llama.model.named_modules())[name], [memories], ("linear", 0)):
+        linear = tiny_llama.model(ids).logits
+    torch.testing.assert_close(linear, composed, atol=1e-4, rtol=1e-4)
+
+    x = torch.randn(1, 5, memories[0].A.shape[-1])
+    a, b = pack([memories])
+    one_a, one_b = pack([memories[:1]])
+    torch.testing.assert_close(read_memories(x, one_a, one_b, ("gated", 0)), read_memories(x, one_a, one_b, ("linear", 0)))
+    everything = sum(w.rank for w in memories)
+    torch.testing.assert_close(read_memories(x, a, b, ("top", everything)), read_memories(x, a, b, ("linear", 0)))
+    c = torch.einsum("ntd,mrd->nmtr", x, a[0])  # the top-1 read keeps each token's largest coefficient only
+    c0 = c[0, :, 0].reshape(-1)  # token 0's coefficients over every stored token of both memories
+    j = int(c0.abs().argmax())
+    m, r = divmod(j, a.shape[2])
+    torch.testing.assert_close(read_memories(x, a, b, ("top", 1))[0, 0], c0[j] * b[0, m, :, r])
+    gated = read_memories(x, a, b, ("gated", 0))[0, 0]  # the gated read is the most responsive memory's own read
+    winner = int(c[0, :, 0].abs().amax(-1).argmax())
+    torch.testing.assert_close(gated, b[0, winner] @ c[0, winner, 0])
+
+    from lora_memory.evaluation.companion_reads import companion_reads_markdown, evaluate_companion_reads
+    from memory_support import tiny_hypernet
+
+    learned = tiny_hypernet(tiny_llama, 0, target_layers=[0, 1], input_layer=1, max_chunk_tokens=64)
+    with pytest.raises(ValueError, match="has none"):
+        evaluate_companion_reads(learned, tiny_llama, articles=1, progress=False)
+    result = evaluate_companion_reads(learned.add_companion(reader), tiny_llama, articles=2, max_new_tokens=2,
+                                      progress=False)
+    assert {"companion alone, linear read, top-1", "both parts, top-2 read, top-4", "both parts, gated read, top-4"
+            } <= set(result) and result["articles"] == 2
+    assert all(0.0 <= v <= 1.0 for k, v in result.items() if k not in ("n", "articles"))
+    assert "| both parts, gated read, top-4 |" in companion_reads_markdown(result, "tiny")
 
 
 def test_two_chunk_questions_pair_articles_and_need_both_answers(tiny_llama, monkeypatch):

@@ -75,6 +75,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="With --prose --validation: where composing chunk adapters loses accuracy, for a reader "
                              "with an associative companion (each part composed from top-1, 2 or 4 chunks; the "
                              "companion solved jointly; each chunk's memory cut to --ranks).")
+    parser.add_argument("--companion-reads", action="store_true",
+                        help="With --prose --validation: read the composed companion memories in other ways at query "
+                             "time (a top-m read, a gate per chunk memory) against the linear read.")
+    parser.add_argument("--read-top", type=int, nargs="*", default=[2], metavar="M",
+                        help="With --companion-reads: the m of each top-m read (default: 2).")
     parser.add_argument("--two-chunk", action="store_true",
                         help="With --prose: questions that need two chunks (two held-out articles' questions asked "
                              "as one prompt) instead of the prose table.")
@@ -94,6 +99,8 @@ def section_name(args: argparse.Namespace) -> str:
         if args.capacity:
             return "prose-capacity"
         if args.validation:
+            if args.companion_reads:
+                return "prose-companion-reads"
             return "prose-composition" if args.composition else "prose-validation"
         return "prose-two-chunk" if args.two_chunk else "prose"
     return "density" if args.density else "ladder"
@@ -118,7 +125,12 @@ def run_eval(args: argparse.Namespace) -> int:
         from ..evaluation.prose import evaluate_prose, handwritten_questions
 
         name = str(path) if args.hypernet else "the shipped checkpoint"
-        if args.validation and args.composition:
+        if args.validation and args.companion_reads:
+            from ..evaluation.companion_reads import companion_reads_markdown, evaluate_companion_reads
+
+            table = companion_reads_markdown(evaluate_companion_reads(hypernet, base, 10 if args.quick else 60,
+                                                                      top_m=args.read_top), name)
+        elif args.validation and args.composition:
             from ..evaluation.composition import composition_markdown, evaluate_composition
 
             table = composition_markdown(evaluate_composition(hypernet, base, 10 if args.quick else 60,
