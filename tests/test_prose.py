@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import random
+from functools import partial
 
 import pytest
 import torch
@@ -454,20 +455,21 @@ def test_companion_reads_linear_is_the_composed_memory_and_the_others_keep_what_
         linear = tiny_llama.model(ids).logits
     torch.testing.assert_close(linear, composed, atol=1e-4, rtol=1e-4)
 
-    x = torch.randn(1, 5, memories[0].A.shape[-1])
+    x = torch.randn(1, 5, memories[0].A.shape[-1], generator=torch.Generator().manual_seed(0))
+    close = partial(torch.testing.assert_close, atol=1e-3, rtol=1e-4)  # einsums sum in other orders
     a, b = pack([memories])
     one_a, one_b = pack([memories[:1]])
-    torch.testing.assert_close(read_memories(x, one_a, one_b, ("gated", 0)), read_memories(x, one_a, one_b, ("linear", 0)))
+    close(read_memories(x, one_a, one_b, ("gated", 0)), read_memories(x, one_a, one_b, ("linear", 0)))
     everything = sum(w.rank for w in memories)
-    torch.testing.assert_close(read_memories(x, a, b, ("top", everything)), read_memories(x, a, b, ("linear", 0)))
+    close(read_memories(x, a, b, ("top", everything)), read_memories(x, a, b, ("linear", 0)))
     c = torch.einsum("ntd,mrd->nmtr", x, a[0])  # the top-1 read keeps each token's largest coefficient only
     c0 = c[0, :, 0].reshape(-1)  # token 0's coefficients over every stored token of both memories
     j = int(c0.abs().argmax())
     m, r = divmod(j, a.shape[2])
-    torch.testing.assert_close(read_memories(x, a, b, ("top", 1))[0, 0], c0[j] * b[0, m, :, r])
+    close(read_memories(x, a, b, ("top", 1))[0, 0], c0[j] * b[0, m, :, r])
     gated = read_memories(x, a, b, ("gated", 0))[0, 0]  # the gated read is the most responsive memory's own read
     winner = int(c[0, :, 0].abs().amax(-1).argmax())
-    torch.testing.assert_close(gated, b[0, winner] @ c[0, winner, 0])
+    close(gated, b[0, winner] @ c[0, winner, 0])
 
     from lora_memory.evaluation.companion_reads import companion_reads_markdown, evaluate_companion_reads
     from memory_support import tiny_hypernet
