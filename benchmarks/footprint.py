@@ -114,7 +114,6 @@ def run(ctx: Context, img: Path) -> Section:
     s, base, hypernet = ctx.settings, ctx.base, ctx.hypernet
     hc = hypernet.config
     kv_tok, per_rank = kv_bytes_per_token(base.model.config), bytes_per_rank(hc)
-    companion_per_rank = bytes_per_rank(hc.companion) if hc.companion is not None else 0
 
     # checks of the formulas against real objects
     check = timing_document(base, 1024, s.seed)
@@ -149,7 +148,7 @@ def run(ctx: Context, img: Path) -> Section:
     for chunk in COMBO_CHUNKS:
         cells = []
         for r in COMBO_RANKS:
-            ratio = chunk * kv_tok / (r * per_rank + (chunk - 1) * companion_per_rank)
+            ratio = chunk * kv_tok / adapter_bytes(part_ranks(hc.with_overrides(rank=r), [chunk], composed=False))
             mark = " (default)" if (chunk, r) == (hc.max_chunk_tokens, hc.rank) else ""
             cells.append(f"{ratio:.1f}x{' ✓' if ratio >= 50 else ''}{mark}")
         combo_rows.append([f"{chunk:,}", *cells])
@@ -171,6 +170,7 @@ def run(ctx: Context, img: Path) -> Section:
     if hc.companion is None:
         companion_line, ceiling = "", ""
     else:
+        companion_per_rank = bytes_per_rank(hc.companion)
         companion_line = (
             f" With its associative companion each chunk also stores {companion_per_rank:,} bytes per token but the "
             f"last ((d_in {hc.companion.module_d_in} + d_out {hc.companion.module_d_out}) x "

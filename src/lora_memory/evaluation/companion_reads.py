@@ -56,18 +56,17 @@ def pack(rows: Sequence[Sequence[LoRAWeights]]) -> tuple[torch.Tensor, torch.Ten
 
 def read_memories(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, read: Read) -> torch.Tensor:
     """The memories' output for inputs ``x`` (N, T, d_in) under ``read`` (see the module doc): (N, T, d_out)."""
-    c = torch.einsum("ntd,nmrd->nmtr", x, a.to(x.dtype))  # one coefficient per stored token of each memory
+    c = torch.einsum("ntd,nmrd->ntmr", x, a.to(x.dtype))  # one coefficient per stored token of each memory
     kind, m = read
     if kind == "top":
-        flat = c.permute(0, 2, 1, 3).reshape(c.shape[0], c.shape[2], -1)  # (N, T, M*r)
+        flat = c.flatten(2)  # (N, T, M*r): every composed memory's stored tokens, per token
         if flat.shape[-1] > m:
             idx = flat.abs().topk(m, dim=-1).indices
-            flat = torch.zeros_like(flat).scatter(-1, idx, flat.gather(-1, idx))
-        c = flat.reshape(c.shape[0], c.shape[2], c.shape[1], c.shape[3]).permute(0, 2, 1, 3)
+            c = torch.zeros_like(flat).scatter(-1, idx, flat.gather(-1, idx)).view_as(c)
     elif kind == "gated":
-        best = c.abs().amax(-1).argmax(1)  # (N, T): the memory that responds most to each token
-        c = c * nn.functional.one_hot(best, c.shape[1]).permute(0, 2, 1)[..., None].to(c.dtype)
-    return torch.einsum("nmtr,nmor->nto", c, b.to(x.dtype))
+        best = c.abs().amax(-1).argmax(-1)  # (N, T): the memory that responds most to each token
+        c = c * nn.functional.one_hot(best, c.shape[2])[..., None].to(c.dtype)
+    return torch.einsum("ntmr,nmor->nto", c, b.to(x.dtype))
 
 
 @contextmanager
