@@ -70,6 +70,27 @@ def test_composing_chunks_counts_the_learned_bias_once_and_adds_the_memories(par
     _close(composed.delta(name), expected_r.delta(name))
 
 
+def test_routed_chunks_take_the_learned_part_of_the_best_and_the_memories_of_all(parts, tiny_llama):
+    learned, reader, both = parts
+    chunks = [chunk_text(tiny_llama.tokenizer, t, 64)[0] for t in TEXTS]
+    ranked = both.adapters_for_chunks(tiny_llama, chunks[::-1])  # routing put the second text first
+    routed = both.compose(ranked, routed=True)
+    mine = reader.config.module_name(2)
+    assert both.companion_modules == {mine} and learned.companion_modules == frozenset()
+    best_alone = learned.adapters_for_chunks(tiny_llama, chunks[1:])[0]
+    for name in best_alone.weights:  # the second text's learned part alone, its bias counted once
+        _close(routed.delta(name), best_alone.delta(name))
+    _close(routed.delta(mine), reader.compose(reader.adapters_for_chunks(tiny_llama, chunks)).delta(mine))
+    assert routed.metadata["n_chunks"] == 2
+    one = both.compose(ranked[:1], routed=True)  # one routed chunk, or no companion: the plain composition
+    for name in one.weights:
+        _close(one.delta(name), both.compose(ranked[:1]).delta(name))
+    plain = learned.adapters_for_chunks(tiny_llama, chunks)
+    alone, alone_routed = learned.compose(plain), learned.compose(plain, routed=True)
+    for name in alone.weights:
+        _close(alone_routed.delta(name), alone.delta(name))
+
+
 def test_it_saves_and_loads_as_one_checkpoint(parts, tiny_llama, tmp_path):
     _, reader, both = parts
     both.save_pretrained(tmp_path / "both")
@@ -107,3 +128,17 @@ def test_its_forward_needs_the_companions_reading(parts, tiny_llama):
         both(*encoded[:4])
     bias = both.bias_adapter()
     assert not bias.weights[both.companion.config.module_name(2)].B.any()  # the memory has no bias
+
+
+def test_the_memory_composes_routed_chunks_that_way_and_every_chunk_the_plain_way(parts, tiny_llama, tmp_path):
+    from memory_support import open_tiny_memory
+
+    _, reader, both = parts
+    memory = open_tiny_memory(tmp_path, "notes", tiny_llama, both, top_k=2, min_relevance=None, dtype="fp32")
+    for i, text in enumerate(TEXTS):
+        memory.add(text, doc_id=f"note{i}")
+    mine, learned = reader.config.module_name(2), "model.layers.0.mlp.down_proj"
+    routed, every = memory.adapter("Who completed the Vorland Bridge?"), memory.adapter()
+    assert routed is not None and every is not None
+    _close(routed.delta(mine), every.delta(mine))  # both chunks' memories
+    assert routed.weights[learned].rank == 8 and every.weights[learned].rank == 2 * 8 + 8  # best chunk's part only

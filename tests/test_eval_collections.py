@@ -62,7 +62,7 @@ def test_quick_evaluation_writes_report(tiny_llama, config, tmp_path):
         if t.setting == "top-2+rank-16":
             assert t.rank == min(16, by[(t.size, "top-2", t.question)].rank)
             assert t.adapter_bytes <= by[(t.size, "top-2", t.question)].adapter_bytes
-    assert {t.setting for t in results[long_key]} == {"all", "top-1"}
+    assert {t.setting for t in results[long_key]} == {"all", "top-1", "top-2", "top-4"}
     assert all(t.size == 1 and t.chunks > 1 for t in results[long_key])  # long: several chunks of one document
 
     report = write_outputs(results, tmp_path, machine_info(tiny_llama), "python -m lora_memory.evaluation.collections "
@@ -75,7 +75,7 @@ def test_quick_evaluation_writes_report(tiny_llama, config, tmp_path):
     assert "top_k=1" in text  # the defaults section states the current MemoryConfig defaults
     assert (tmp_path / PLOT_NAME).read_bytes().startswith(PNG_MAGIC)
     saved = json.loads((tmp_path / RESULTS_NAME).read_text())
-    assert len(saved["trials"]["sizes"]) == len(trials) and len(saved["summary"]["sizes"]) == 8
+    assert len(saved["trials"]["sizes"]) == len(trials) and len(saved["summary"]["sizes"]) == len(config.sizes) * len(settings)
     assert not (paths.collections_dir() / "size-10").exists()  # built in the temporary home only
 
 

@@ -408,7 +408,7 @@ def test_written_capacity_questions_are_held_out_articles_and_never_an_evaluatio
 
 
 def test_the_composition_diagnosis_composes_each_part_apart(tiny_llama):
-    from lora_memory.evaluation.composition import composition_markdown, evaluate_composition, merge, modules_of
+    from lora_memory.evaluation.composition import composition_markdown, evaluate_composition, merge
     from lora_memory.hypernet.associative import AssociativeReader
     from memory_support import tiny_hypernet
 
@@ -427,7 +427,7 @@ def test_the_composition_diagnosis_composes_each_part_apart(tiny_llama):
     mixed = merge(two, one, theirs)  # the learned reader's part of two chunks, the companion's of one
     for name in mixed.weights:
         torch.testing.assert_close(mixed.delta(name), (one if name in theirs else two).delta(name))
-    assert set(modules_of(two, theirs).weights) == theirs and not theirs & set(modules_of(two, theirs, False).weights)
+    assert set(two.restrict(theirs).weights) == theirs and not theirs & set(two.restrict(theirs, False).weights)
     result = evaluate_composition(both, tiny_llama, articles=2, ranks=[3], max_new_tokens=2, progress=False)
     valid = written_questions("valid")
     assert result["n"] == sum(len(valid[t]) for t in sorted(valid)[:2]) and result["articles"] == 2

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,11 @@ class LoRAAdapter:
         """Rows ``index`` of a batched adapter (gradients flow through the indexing)."""
         picked = {k: LoRAWeights(w.A[index], w.B[index]) for k, w in self.weights.items()}
         return LoRAAdapter(picked, self.scaling, dict(self.metadata))
+
+    def restrict(self, modules: Collection[str], keep: bool = True) -> LoRAAdapter:
+        """The modules named in ``modules`` (``keep``) or all the others, with this adapter's scaling."""
+        return LoRAAdapter({k: w for k, w in self.weights.items() if (k in modules) == keep}, self.scaling,
+                           dict(self.metadata))
 
     def as_batch(self) -> LoRAAdapter:
         """This (unbatched) adapter as a batch of one row, the shape the training losses select rows from."""

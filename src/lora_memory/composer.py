@@ -3,7 +3,8 @@
 Without routing every distinct chunk of the collection is applied; with
 ``top_k`` the chunks whose text best matches the question (BM25, see
 :mod:`lora_memory.routing`) are. The chunk adapters are concatenated along rank
-by the hypernetwork (which counts its shared bias term once), compressed to
+by the hypernetwork (which counts its shared bias term once; of routed chunks, a
+reader with a companion keeps only the best chunk's learned part), compressed to
 ``max_rank`` if set, joined with a Text-to-LoRA task adapter if one is asked for,
 and cast to the base model's device and dtype. The BM25 postings live in the
 collection's persistent index (:mod:`lora_memory.routing_index`); a new manifest
@@ -109,7 +110,7 @@ class Composer:
         while True:
             composed = self._select(query)
             try:
-                adapter = self._compose([a.chunk for a in composed.applied], task)
+                adapter = self._compose([a.chunk for a in composed.applied], task, routed=query is not None)
             except _DamagedChunk as exc:
                 if self.collection.refresh() and races < RACE_RETRIES:  # a writer moved on: not damage
                     races += 1
@@ -197,8 +198,9 @@ class Composer:
                     self._warn_damaged(doc.doc_id, reason)
             self._index = None
 
-    def _compose(self, chunks: list[ChunkRecord], task: str | None) -> LoRAAdapter | None:
-        key = (tuple(c.key for c in chunks), task)
+    def _compose(self, chunks: list[ChunkRecord], task: str | None, routed: bool) -> LoRAAdapter | None:
+        routed = routed and self.top_k is not None  # routed chunks come best first
+        key = (tuple(c.key for c in chunks), task, routed)
         with self._lock:
             if key in self._composed:
                 self._composed.move_to_end(key)
@@ -206,7 +208,7 @@ class Composer:
         adapter = None
         if chunks:
             device = next(self.hypernet.parameters()).device  # compose adds the hypernetwork's bias correction
-            adapter = self.hypernet.compose([self._read(c, device) for c in chunks])
+            adapter = self.hypernet.compose([self._read(c, device) for c in chunks], routed=routed)
             adapter.metadata.update(hypernet_fingerprint=self.hypernet.fingerprint,
                                     collection=self.collection.name)
             if self.max_rank is not None and adapter.rank > self.max_rank:

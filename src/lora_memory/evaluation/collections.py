@@ -6,7 +6,7 @@ target is asked through memories that read the same collection with different
 composition settings: ``all`` (every chunk's adapter concatenated), ``top-k``
 (the k chunks BM25 picks for the question) and ``top-k+rank-r`` (those, compressed
 by SVD). A second experiment asks about one long needle document alone: every
-chunk against the routed one.
+chunk against the routed ones.
 
 Targets are held-out needle and fictional-fact documents; distractors come from
 the same families but never hold a magic number or a target's entity, so each
@@ -76,7 +76,8 @@ class CollectionEvalConfig(PydanticModel):
         description="Length ranges of the single long needle documents (every chunk vs routed).")
     long_targets: int = Field(8, ge=0, description="Long needle documents per length range.")
     top_k: int = Field(1, ge=1, description="Chunks the 'routed' setting applies (the memory's default).")
-    wide_top_k: int = Field(2, ge=1, description="Chunks the wider routed settings apply.")
+    wide_top_ks: list[int] = Field(default_factory=lambda: [2, 4], min_length=1,
+                                   description="Chunks the wider routed settings apply; the first is also compressed.")
     max_rank: int = Field(16, ge=1, description="Rank the compressed setting keeps.")
     max_new_tokens: int = Field(16, ge=1)
     seed: int = 7
@@ -89,11 +90,12 @@ class CollectionEvalConfig(PydanticModel):
 
     def settings(self) -> dict[str, dict[str, int | None]]:
         """Setting name -> the MemoryConfig fields it pins."""
-        wide = f"top-{self.wide_top_k}"
-        return {"all": {"top_k": None, "max_rank": None},
-                f"top-{self.top_k}": {"top_k": self.top_k, "max_rank": None},
-                wide: {"top_k": self.wide_top_k, "max_rank": None},
-                f"{wide}+rank-{self.max_rank}": {"top_k": self.wide_top_k, "max_rank": self.max_rank}}
+        settings: dict[str, dict[str, int | None]] = {"all": {"top_k": None, "max_rank": None}}
+        for k in [self.top_k, *self.wide_top_ks]:
+            settings[f"top-{k}"] = {"top_k": k, "max_rank": None}
+        k = self.wide_top_ks[0]
+        settings[f"top-{k}+rank-{self.max_rank}"] = {"top_k": k, "max_rank": self.max_rank}
+        return settings
 
 
 @dataclasses.dataclass
@@ -145,7 +147,7 @@ def evaluate(base: LoadedModel, hypernet: DocToLoRA, config: CollectionEvalConfi
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens)
     settings = config.settings()
     targets, distractors = make_documents(config)
-    long_settings = {name: settings[name] for name in ("all", f"top-{config.top_k}")}
+    long_settings = {name: v for name, v in settings.items() if v["max_rank"] is None}
     rng = random.Random(config.seed + 1)
     with paths.temporary_home(prefix="lora-memory-eval-"):
         results = {"sizes": _run(base, hypernet, settings, generation, targets, distractors, config.sizes,
@@ -295,7 +297,7 @@ def render(summaries: dict[str, list[dict]], machine: dict[str, str], command: s
         _HEADER[0].format(first="documents"), _HEADER[1], *(_row(r, str(r["size"])) for r in sizes), "",
         "Targets from the issue (routed accuracy at the largest size within 10% of one document's, latency flat):",
         "", *targets_check(sizes), "", f"![accuracy and latency against collection size]({PLOT_NAME})", "",
-        "## One long document: every chunk or the routed one", "",
+        "## One long document: every chunk or the routed ones", "",
         f"A collection holding a single needle document ({config.long_targets} documents per length range).", "",
         _HEADER[0].format(first="tokens"), _HEADER[1],
         *(_row(r, key) for key, rows in summaries.items() if key != "sizes" for r in rows), "",

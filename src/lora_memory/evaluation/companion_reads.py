@@ -32,7 +32,6 @@ from ..hypernet import DocToLoRA
 from ..hypernet.associative import AssociativeReader
 from ..training.d2l.prose import written_articles, written_questions
 from .answering import greedy_answers
-from .composition import modules_of
 from .prose import ProseCollection
 from .scoring import contains
 
@@ -106,7 +105,7 @@ def evaluate_companion_reads(hypernet: DocToLoRA, base: LoadedModel, articles: i
         for wordings in valid[article.title]:
             question, answer = wordings[0].question, wordings[0].answer
             ranked = coll.top(question, 4)
-            learned = {k: modules_of(hypernet.compose([coll.adapters[i] for i in ranked[:k]]), {name}, keep=False)
+            learned = {k: hypernet.compose([coll.adapters[i] for i in ranked[:k]]).restrict({name}, keep=False)
                        for k in (1, 4)}
             for label, read, ks in reads:
                 rows: list[tuple[str, LoRAAdapter | None, list[LoRAWeights]]] = []

@@ -37,18 +37,12 @@ from .scoring import contains
 TOP_KS = (1, 2, 4)
 
 
-def modules_of(adapter: LoRAAdapter, modules: Collection[str], keep: bool = True) -> LoRAAdapter:
-    """The adapter's modules in ``modules`` (``keep``) or the others, with its scaling."""
-    return LoRAAdapter({k: w for k, w in adapter.weights.items() if (k in modules) == keep}, adapter.scaling,
-                       dict(adapter.metadata))
-
-
 def merge(learned: LoRAAdapter, companion: LoRAAdapter, companion_modules: Collection[str]) -> LoRAAdapter:
     """The learned reader's modules of ``learned`` with the companion's modules of ``companion`` (both composed
     adapters of a reader with a companion, so both have scaling 1).
     """
-    weights = {**modules_of(learned, companion_modules, keep=False).weights,
-               **modules_of(companion, companion_modules).weights}
+    weights = {**learned.restrict(companion_modules, keep=False).weights,
+               **companion.restrict(companion_modules).weights}
     return LoRAAdapter(weights, 1.0, dict(learned.metadata))
 
 
@@ -65,7 +59,7 @@ def evaluate_composition(hypernet: DocToLoRA, base: LoadedModel, articles: int =
         raise ValueError("--composition compares a learned reader's part with its associative companion's: "
                          "this hypernetwork has no companion")
     hypernet.eval()
-    theirs = {companion.config.module_name(layer) for layer in companion.config.layers}
+    theirs = hypernet.companion_modules
     valid = written_questions("valid")
     chosen = list(written_articles("valid")[:articles])
     coll = ProseCollection.build(hypernet, base, chosen)
@@ -81,8 +75,8 @@ def evaluate_composition(hypernet: DocToLoRA, base: LoadedModel, articles: int =
             for k in TOP_KS:
                 settings[f"both parts, top-{k}"] = both[k]
             for k in TOP_KS:
-                settings[f"companion alone, top-{k}"] = modules_of(both[k], theirs)
-            settings["learned reader alone, top-1"] = modules_of(both[1], theirs, keep=False)
+                settings[f"companion alone, top-{k}"] = both[k].restrict(theirs)
+            settings["learned reader alone, top-1"] = both[1].restrict(theirs, keep=False)
             for k in TOP_KS[1:]:
                 settings[f"learned reader top-{k}, companion top-1"] = merge(both[k], both[1], theirs)
                 settings[f"learned reader top-1, companion top-{k}"] = merge(both[1], both[k], theirs)

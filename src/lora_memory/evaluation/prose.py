@@ -173,6 +173,18 @@ class ProseReport:
         return "\n".join(lines)
 
 
+def routed_compositions(hypernet: DocToLoRA, parts: list[LoRAAdapter], name: str) -> dict[str, LoRAAdapter]:
+    """Setting name -> adapter for routed chunks ``parts`` (best first): ``name`` is what ``LoRAMemory`` applies
+    (:meth:`DocToLoRA.compose` with ``routed``). With a companion and several parts, ``"<name>, both parts of
+    all k"`` beside it composes the learned part over all k too (the runtime's composition before the fourteenth
+    attempt), so each run compares the two.
+    """
+    out = {name: hypernet.compose(parts, routed=True)}
+    if hypernet.companion is not None and len(parts) > 1:
+        out[f"{name}, both parts of all {len(parts)}"] = hypernet.compose(parts)
+    return out
+
+
 @torch.no_grad()
 def evaluate_questions(hypernet: DocToLoRA, base: LoadedModel, questions: list[ProseQuestion],
                        top_ks: tuple[int, ...] = (1, 2, 4), max_new_tokens: int = 24, progress: bool = True
@@ -198,7 +210,8 @@ def evaluate_questions(hypernet: DocToLoRA, base: LoadedModel, questions: list[P
                 in_context_prompt("\n\n".join(coll.chunk_texts[i] for i in ranked[:RAG_TOP_K]), q.question), None),
         }
         for k in top_ks:
-            settings[f"internalized top-{k}"] = (q.question, hypernet.compose([coll.adapters[i] for i in ranked[:k]]))
+            routed = routed_compositions(hypernet, [coll.adapters[i] for i in ranked[:k]], f"internalized top-{k}")
+            settings.update({name: (q.question, adapter) for name, adapter in routed.items()})
         settings["internalized, own article"] = (
             q.question, hypernet.compose([coll.adapters[i] for i in coll.of_article(art)]))
         settings[f"internalized, all chunks of {len(group)} articles"] = (

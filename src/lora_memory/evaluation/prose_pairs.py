@@ -23,7 +23,7 @@ from ..hypernet import DocToLoRA
 from ..training.d2l.prose import load_articles
 from .answering import greedy_answers
 from .prompts import in_context_prompt
-from .prose import ProseCollection, ProseQuestion, handwritten_questions
+from .prose import ProseCollection, ProseQuestion, handwritten_questions, routed_compositions
 from .scoring import contains
 
 MAX_NEW_TOKENS = 48
@@ -73,7 +73,8 @@ def evaluate_pairs(hypernet: DocToLoRA, base: LoadedModel, pairs: list[QuestionP
                 in_context_prompt(articles[one].text + "\n\n" + articles[two].text, pair.prompt), None),
             "RAG (top-2 chunks in the prompt)": (
                 in_context_prompt("\n\n".join(coll.chunk_texts[i] for i in ranked), pair.prompt), None),
-            "internalized top-2": (pair.prompt, hypernet.compose([coll.adapters[i] for i in ranked])),
+            **{name: (pair.prompt, adapter) for name, adapter in
+               routed_compositions(hypernet, [coll.adapters[i] for i in ranked], "internalized top-2").items()},
             "internalized, both articles' chunks": (
                 pair.prompt, hypernet.compose([coll.adapters[i] for a in (one, two) for i in coll.of_article(a)])),
         }

@@ -227,18 +227,35 @@ class DocToLoRA(PretrainedHypernet):
             return own
         return LoRAAdapter.concat([own, self.companion.bias_adapter()], metadata=self._metadata())
 
-    def compose(self, parts: list[LoRAAdapter]) -> LoRAAdapter:
+    @property
+    def companion_modules(self) -> frozenset[str]:
+        """The modules the companion writes (none without a companion)."""
+        if self.companion is None:
+            return frozenset()
+        return frozenset(self.companion.config.module_name(layer) for layer in self.companion.config.layers)
+
+    def compose(self, parts: list[LoRAAdapter], routed: bool = False) -> LoRAAdapter:
         """Chunk adapters -> the document's adapter (:func:`~lora_memory.adapter.compose`).
 
         With ``config.dedupe_bias`` the shared ``bias_B @ bias_A`` term is counted
         once however many chunks there are, as in a single-chunk document.
 
+        ``routed`` says ``parts`` are the chunks routing chose for a question, best first. A reader with a
+        companion then takes its learned part from the best chunk alone and composes only the companion's
+        memories of all of them: the learned parts of the other chunks cost answers and give none
+        (docs/training.md, "The twelfth attempt" and "The fourteenth attempt").
+
         Raises:
             ValueError: ``parts`` is empty.
         """
+        metadata = {**self._metadata(), "n_chunks": len(parts)}
+        if routed and self.companion is not None and len(parts) > 1:
+            theirs = self.companion_modules  # the companion's bias adapter is zero: no shared term to dedupe
+            memories = compose([p.restrict(theirs) for p in parts], metadata=metadata)
+            return LoRAAdapter.concat([parts[0].restrict(theirs, keep=False), memories], metadata=metadata)
         bias = None
         if self.config.dedupe_bias:
             shared = self.bias_adapter()
             bias = LoRAAdapter({k: LoRAWeights(w.A.detach(), w.B.detach()) for k, w in shared.weights.items()},
                                shared.scaling)
-        return compose(parts, bias, metadata={**self._metadata(), "n_chunks": len(parts)})
+        return compose(parts, bias, metadata=metadata)
