@@ -70,23 +70,28 @@ def test_composing_chunks_counts_the_learned_bias_once_and_adds_the_memories(par
     _close(composed.delta(name), expected_r.delta(name))
 
 
-def test_routed_chunks_take_the_learned_part_of_the_best_and_the_memories_of_all(parts, tiny_llama):
+def test_routed_chunks_take_the_learned_part_of_the_best_and_the_memories_of_all_by_relevance(parts, tiny_llama):
     learned, reader, both = parts
     chunks = [chunk_text(tiny_llama.tokenizer, t, 64)[0] for t in TEXTS]
     ranked = both.adapters_for_chunks(tiny_llama, chunks[::-1])  # routing put the second text first
-    routed = both.compose(ranked, routed=True)
+    routed = both.compose(ranked, relevance=[0.8, 0.2])
     mine = reader.config.module_name(2)
     assert both.companion_modules == {mine} and learned.companion_modules == frozenset()
     best_alone = learned.adapters_for_chunks(tiny_llama, chunks[1:])[0]
     for name in best_alone.weights:  # the second text's learned part alone, its bias counted once
         _close(routed.delta(name), best_alone.delta(name))
-    _close(routed.delta(mine), reader.compose(reader.adapters_for_chunks(tiny_llama, chunks)).delta(mine))
+    memories = reader.adapters_for_chunks(tiny_llama, chunks[::-1])
+    _close(routed.delta(mine), memories[0].delta(mine) + 0.25 * memories[1].delta(mine))  # weighed 0.2 / 0.8
+    unweighted = both.compose(ranked, relevance=[0.5, 0.5])
+    _close(unweighted.delta(mine), reader.compose(memories).delta(mine))
     assert routed.metadata["n_chunks"] == 2
-    one = both.compose(ranked[:1], routed=True)  # one routed chunk, or no companion: the plain composition
+    with pytest.raises(ValueError, match="relevance"):
+        both.compose(ranked, relevance=[1.0])
+    one = both.compose(ranked[:1], relevance=[0.3])  # one routed chunk, or no companion: the plain composition
     for name in one.weights:
         _close(one.delta(name), both.compose(ranked[:1]).delta(name))
     plain = learned.adapters_for_chunks(tiny_llama, chunks)
-    alone, alone_routed = learned.compose(plain), learned.compose(plain, routed=True)
+    alone, alone_routed = learned.compose(plain), learned.compose(plain, relevance=[1.0, 0.1])
     for name in alone.weights:
         _close(alone_routed.delta(name), alone.delta(name))
 
@@ -138,7 +143,14 @@ def test_the_memory_composes_routed_chunks_that_way_and_every_chunk_the_plain_wa
     for i, text in enumerate(TEXTS):
         memory.add(text, doc_id=f"note{i}")
     mine, learned = reader.config.module_name(2), "model.layers.0.mlp.down_proj"
-    routed, every = memory.adapter("Who completed the Vorland Bridge?"), memory.adapter()
+    question = "Who completed the Vorland Bridge?"
+    routed, every = memory.adapter(question), memory.adapter()
     assert routed is not None and every is not None
-    _close(routed.delta(mine), every.delta(mine))  # both chunks' memories
+    _, sources = memory.prepare(question)
+    assert [s.doc_id for s in sources] == ["note1", "note0"] and sources[0].relevance > sources[1].relevance
+    records = [memory.collection.documents[s.doc_id].chunks[s.chunk_index] for s in sources]
+    expected = both.compose([memory.collection.read_chunk(r, "cpu") for r in records],
+                            relevance=[s.relevance for s in sources])
+    _close(routed.delta(mine), expected.delta(mine))  # both chunks' memories, the second weighed by relevance
+    assert routed.weights[mine].rank == every.weights[mine].rank - 1  # (every: plus the zero bias correction)
     assert routed.weights[learned].rank == 8 and every.weights[learned].rank == 2 * 8 + 8  # best chunk's part only

@@ -19,6 +19,7 @@ from rank_bm25 import BM25Plus
 
 from lora_memory.collection import Collection
 from lora_memory.errors import CorruptEntryError
+from lora_memory.routing import BM25Index
 from lora_memory.memory import LoRAMemory
 from lora_memory.routing import BM25Index, tokenize
 from lora_memory.routing_index import INDEX_NAME, RoutingIndex
@@ -171,3 +172,13 @@ def test_a_chunk_whose_text_cannot_be_indexed_takes_out_only_its_document(three,
     fresh = open_memory()
     answer = fresh.ask("Where do zebras live on the savanna?")
     assert [s.doc_id for s in answer.sources] == ["zebra"] and set(answer.damaged) == {"etna"}
+
+
+def test_route_keeps_the_hits_that_reach_min_relevance_and_reports_the_best():
+    index = BM25Index(["zebras live on the savanna", "the tower stands in paris", "zebras and the tower"])
+    question = "where do zebras live?"
+    found = index.search(question, 3)
+    assert index.route(question, 3, None) == (found, None)
+    kept, best = index.route(question, 3, found[1][2])  # the second hit's relevance as the threshold
+    assert kept == found[:2] and best == found[0][2] > found[2][2]
+    assert index.route(question, 3, 10.0) == ([], found[0][2])  # nothing relevant enough: only the best seen

@@ -110,6 +110,10 @@ class LoRAAdapter:
         return LoRAAdapter({k: w for k, w in self.weights.items() if (k in modules) == keep}, self.scaling,
                            dict(self.metadata))
 
+    def scaled(self, factor: float) -> LoRAAdapter:
+        """This adapter with its delta times ``factor`` (folded into the scaling)."""
+        return LoRAAdapter(dict(self.weights), self.scaling * factor, dict(self.metadata))
+
     def as_batch(self) -> LoRAAdapter:
         """This (unbatched) adapter as a batch of one row, the shape the training losses select rows from."""
         if self.batched:

@@ -4,7 +4,8 @@ Without routing every distinct chunk of the collection is applied; with
 ``top_k`` the chunks whose text best matches the question (BM25, see
 :mod:`lora_memory.routing`) are. The chunk adapters are concatenated along rank
 by the hypernetwork (which counts its shared bias term once; of routed chunks, a
-reader with a companion keeps only the best chunk's learned part), compressed to
+reader with a companion keeps only the best chunk's learned part and weighs each
+chunk's memory by its relevance), compressed to
 ``max_rank`` if set, joined with a Text-to-LoRA task adapter if one is asked for,
 and cast to the base model's device and dtype. The BM25 postings live in the
 collection's persistent index (:mod:`lora_memory.routing_index`); a new manifest
@@ -109,8 +110,10 @@ class Composer:
         races = 0
         while True:
             composed = self._select(query)
+            routed = query is not None and self.top_k is not None  # then chunks come best first, with relevance
+            relevance = tuple(a.relevance or 0.0 for a in composed.applied) if routed else None
             try:
-                adapter = self._compose([a.chunk for a in composed.applied], task, routed=query is not None)
+                adapter = self._compose([a.chunk for a in composed.applied], task, relevance)
             except _DamagedChunk as exc:
                 if self.collection.refresh() and races < RACE_RETRIES:  # a writer moved on: not damage
                     races += 1
@@ -132,12 +135,8 @@ class Composer:
         if index.bm25 is None or query is None:
             return Composed(None, index.chunks, damaged)
         assert self.top_k is not None  # an index has BM25 only when routing is on
-        routed = [dataclasses.replace(index.chunks[i], score=score, relevance=relevance)
-                  for i, score, relevance in index.bm25.search(query, self.top_k)]
-        if self.min_relevance is None:
-            return Composed(None, routed, damaged)
-        kept = [a for a in routed if a.relevance is not None and a.relevance >= self.min_relevance]
-        best = max((a.relevance for a in routed if a.relevance is not None), default=None)
+        found, best = index.bm25.route(query, self.top_k, self.min_relevance)
+        kept = [dataclasses.replace(index.chunks[i], score=score, relevance=relevance) for i, score, relevance in found]
         return Composed(None, kept, damaged, None if kept else best)
 
     def _current_index(self) -> _Index:
@@ -198,9 +197,9 @@ class Composer:
                     self._warn_damaged(doc.doc_id, reason)
             self._index = None
 
-    def _compose(self, chunks: list[ChunkRecord], task: str | None, routed: bool) -> LoRAAdapter | None:
-        routed = routed and self.top_k is not None  # routed chunks come best first
-        key = (tuple(c.key for c in chunks), task, routed)
+    def _compose(self, chunks: list[ChunkRecord], task: str | None,
+                 relevance: tuple[float, ...] | None) -> LoRAAdapter | None:
+        key = (tuple(c.key for c in chunks), task, relevance)
         with self._lock:
             if key in self._composed:
                 self._composed.move_to_end(key)
@@ -208,7 +207,7 @@ class Composer:
         adapter = None
         if chunks:
             device = next(self.hypernet.parameters()).device  # compose adds the hypernetwork's bias correction
-            adapter = self.hypernet.compose([self._read(c, device) for c in chunks], routed=routed)
+            adapter = self.hypernet.compose([self._read(c, device) for c in chunks], relevance=relevance)
             adapter.metadata.update(hypernet_fingerprint=self.hypernet.fingerprint,
                                     collection=self.collection.name)
             if self.max_rank is not None and adapter.rank > self.max_rank:

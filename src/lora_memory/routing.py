@@ -76,6 +76,15 @@ class Ranker(ABC):
             best.sort(key=lambda item: (-item[1], item[0]))
         return [(pos, score, self._relevance(score, rest, len(words))) for pos, score in best]
 
+    def route(self, query: str, k: int, min_relevance: float | None) -> tuple[list[tuple[int, float, float]], float | None]:
+        """What ``LoRAMemory`` applies: the :meth:`search` hits whose relevance reaches ``min_relevance`` (all
+        ``k`` for None), best first, and, when ``min_relevance`` is set, the best relevance seen.
+        """
+        found = self.search(query, k)
+        if min_relevance is None:
+            return found, None
+        return [f for f in found if f[2] >= min_relevance], max((r for _, _, r in found), default=None)
+
     def top_k(self, query: str, k: int) -> list[tuple[int, float]]:
         """The ``k`` best (position, score) pairs, best first; ties keep the texts' order."""
         return [(pos, score) for pos, score, _ in self.search(query, k)]

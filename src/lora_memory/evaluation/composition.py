@@ -6,9 +6,11 @@ questions' validation part (training-split articles that training never sees; ne
 questions) with each part composed from a different number of routed chunks, so a drop at top-k can be
 put on the part that causes it:
 
-- both parts from the top-k chunks (what ``LoRAMemory`` applies), k = 1, 2, 4;
+- both parts from the top-k chunks (what ``LoRAMemory`` applied before the fourteenth attempt), k = 1, 2, 4;
 - the companion alone, and the learned reader alone, from the top-k chunks;
-- one part from the top-1 chunk and the other from the top-k;
+- one part from the top-1 chunk and the other from the top-k; the learned part from the top-1 chunk and the
+  companion's memories of the top-k weighted by their routing relevance; and what ``LoRAMemory(top_k=k)``
+  applies now (that, of the chunks whose relevance reaches the default ``min_relevance``);
 - the companion's memories of the top-k chunks solved jointly (:meth:`AssociativeReader.joint_memory`)
   instead of concatenated;
 - each chunk's companion memory cut to rank r (truncated SVD, :meth:`LoRAAdapter.compress`), for each r in
@@ -27,11 +29,12 @@ from tqdm.auto import tqdm
 from ..adapter import LoRAAdapter
 from ..base import LoadedModel
 from ..chunking import chunk_text
+from ..config import DEFAULT_MIN_RELEVANCE
 from ..hypernet import DocToLoRA
 from ..hypernet.associative import AssociativeReader
 from ..training.d2l.prose import written_articles, written_questions
 from .answering import greedy_answers
-from .prose import ProseCollection
+from .prose import ProseCollection, routed_compositions
 from .scoring import contains
 
 TOP_KS = (1, 2, 4)
@@ -80,6 +83,11 @@ def evaluate_composition(hypernet: DocToLoRA, base: LoadedModel, articles: int =
             for k in TOP_KS[1:]:
                 settings[f"learned reader top-{k}, companion top-1"] = merge(both[k], both[1], theirs)
                 settings[f"learned reader top-1, companion top-{k}"] = merge(both[1], both[k], theirs)
+                found = coll.index.search(question, k)
+                settings[f"learned reader top-1, companion top-{k} weighted by relevance"] = hypernet.compose(
+                    [coll.adapters[i] for i, _, _ in found], relevance=[r for _, _, r in found])
+                name = f"as LoRAMemory(top_k={k}) composes (relevance >= {DEFAULT_MIN_RELEVANCE}, weighted)"
+                settings[name] = routed_compositions(hypernet, coll, question, k, name)[name]
                 settings[f"both parts, top-{k}, companion solved jointly"] = merge(
                     both[k], companion.joint_memory(base, [token_ids[i] for i in ranked[:k]]), theirs)
             for r in ranks:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from ..adapter import LoRAAdapter
 from ..base import LoadedModel
 from ..chunking import chunk_text
+from ..config import DEFAULT_MIN_RELEVANCE
 from ..hypernet import DocToLoRA, HypernetConfig
 from ..routing import BM25Index
 from ..training.d2l.baseline import distill_document
@@ -173,15 +174,22 @@ class ProseReport:
         return "\n".join(lines)
 
 
-def routed_compositions(hypernet: DocToLoRA, parts: list[LoRAAdapter], name: str) -> dict[str, LoRAAdapter]:
-    """Setting name -> adapter for routed chunks ``parts`` (best first): ``name`` is what ``LoRAMemory`` applies
-    (:meth:`DocToLoRA.compose` with ``routed``). With a companion and several parts, ``"<name>, both parts of
-    all k"`` beside it composes the learned part over all k too (the runtime's composition before the fourteenth
-    attempt), so each run compares the two.
+def routed_compositions(hypernet: DocToLoRA, coll: ProseCollection, question: str, k: int,
+                        name: str) -> dict[str, LoRAAdapter | None]:
+    """Setting name -> adapter for ``question``'s top-``k`` routed chunks. ``name`` is what
+    ``LoRAMemory(top_k=k)`` applies: the chunks whose relevance reaches the default ``min_relevance`` (None,
+    closed-book, when none does), composed with their relevance (:meth:`DocToLoRA.compose`). For k > 1 and a
+    reader with a companion, two more settings show what each step does: ``"<name>, every chunk, unweighted"``
+    (no threshold, no weights, the learned part of the best chunk only) and ``"<name>, both parts of all k"``
+    (the runtime's composition before the fourteenth attempt).
     """
-    out = {name: hypernet.compose(parts, routed=True)}
-    if hypernet.companion is not None and len(parts) > 1:
-        out[f"{name}, both parts of all {len(parts)}"] = hypernet.compose(parts)
+    found, _ = coll.index.route(question, k, DEFAULT_MIN_RELEVANCE)
+    kept = [coll.adapters[i] for i, _, _ in found]
+    out = {name: hypernet.compose(kept, relevance=[r for _, _, r in found]) if kept else None}
+    if k > 1 and hypernet.companion is not None:
+        every = [coll.adapters[i] for i in coll.top(question, k)]
+        out[f"{name}, every chunk, unweighted"] = hypernet.compose(every, relevance=[1.0] * k)
+        out[f"{name}, both parts of all {k}"] = hypernet.compose(every)
     return out
 
 
@@ -210,7 +218,7 @@ def evaluate_questions(hypernet: DocToLoRA, base: LoadedModel, questions: list[P
                 in_context_prompt("\n\n".join(coll.chunk_texts[i] for i in ranked[:RAG_TOP_K]), q.question), None),
         }
         for k in top_ks:
-            routed = routed_compositions(hypernet, [coll.adapters[i] for i in ranked[:k]], f"internalized top-{k}")
+            routed = routed_compositions(hypernet, coll, q.question, k, f"internalized top-{k}")
             settings.update({name: (q.question, adapter) for name, adapter in routed.items()})
         settings["internalized, own article"] = (
             q.question, hypernet.compose([coll.adapters[i] for i in coll.of_article(art)]))

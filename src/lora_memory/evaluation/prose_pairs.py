@@ -74,7 +74,7 @@ def evaluate_pairs(hypernet: DocToLoRA, base: LoadedModel, pairs: list[QuestionP
             "RAG (top-2 chunks in the prompt)": (
                 in_context_prompt("\n\n".join(coll.chunk_texts[i] for i in ranked), pair.prompt), None),
             **{name: (pair.prompt, adapter) for name, adapter in
-               routed_compositions(hypernet, [coll.adapters[i] for i in ranked], "internalized top-2").items()},
+               routed_compositions(hypernet, coll, pair.prompt, 2, "internalized top-2").items()},
             "internalized, both articles' chunks": (
                 pair.prompt, hypernet.compose([coll.adapters[i] for a in (one, two) for i in coll.of_article(a)])),
         }

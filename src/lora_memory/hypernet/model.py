@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -234,24 +235,31 @@ class DocToLoRA(PretrainedHypernet):
             return frozenset()
         return frozenset(self.companion.config.module_name(layer) for layer in self.companion.config.layers)
 
-    def compose(self, parts: list[LoRAAdapter], routed: bool = False) -> LoRAAdapter:
+    def compose(self, parts: list[LoRAAdapter], relevance: Sequence[float] | None = None) -> LoRAAdapter:
         """Chunk adapters -> the document's adapter (:func:`~lora_memory.adapter.compose`).
 
         With ``config.dedupe_bias`` the shared ``bias_B @ bias_A`` term is counted
         once however many chunks there are, as in a single-chunk document.
 
-        ``routed`` says ``parts`` are the chunks routing chose for a question, best first. A reader with a
-        companion then takes its learned part from the best chunk alone and composes only the companion's
-        memories of all of them: the learned parts of the other chunks cost answers and give none
-        (docs/training.md, "The twelfth attempt" and "The fourteenth attempt").
+        ``relevance`` says ``parts`` are the chunks routing chose for a question, best first, with each one's
+        routing relevance (:meth:`~lora_memory.routing.Ranker.relevance`). A reader with a companion then takes
+        its learned part from the best chunk alone, and composes the companion's memories of all of them, each
+        scaled by its relevance over the best one's: the learned parts of the other chunks cost answers and give
+        none, and a memory of a chunk that holds less of the question adds less to the answer (docs/training.md,
+        "The fourteenth attempt").
 
         Raises:
-            ValueError: ``parts`` is empty.
+            ValueError: ``parts`` is empty, or ``relevance`` does not give one value per part.
         """
         metadata = {**self._metadata(), "n_chunks": len(parts)}
-        if routed and self.companion is not None and len(parts) > 1:
+        if relevance is not None and len(relevance) != len(parts):
+            raise ValueError(f"compose: {len(relevance)} relevance values for {len(parts)} chunks")
+        if relevance is not None and self.companion is not None and len(parts) > 1:
             theirs = self.companion_modules  # the companion's bias adapter is zero: no shared term to dedupe
-            memories = compose([p.restrict(theirs) for p in parts], metadata=metadata)
+            best = relevance[0]
+            scales = [1.0 if best <= 0 else min(1.0, max(0.0, r / best)) for r in relevance]
+            memories = compose([p.restrict(theirs).scaled(w) for p, w in zip(parts, scales, strict=True)],
+                               metadata=metadata)
             return LoRAAdapter.concat([parts[0].restrict(theirs, keep=False), memories], metadata=metadata)
         bias = None
         if self.config.dedupe_bias:
