@@ -19,7 +19,6 @@ from rank_bm25 import BM25Plus
 
 from lora_memory.collection import Collection
 from lora_memory.errors import CorruptEntryError
-from lora_memory.routing import BM25Index
 from lora_memory.memory import LoRAMemory
 from lora_memory.routing import BM25Index, tokenize
 from lora_memory.routing_index import INDEX_NAME, RoutingIndex
