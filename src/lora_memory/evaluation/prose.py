@@ -153,16 +153,19 @@ class ProseReport:
         lines = [f"## Real prose (held-out Wikipedia summaries), hypernetwork: {hypernet_name}", "",
                  "Greedy decoding. *contains*: an accepted answer occurs in the reply as whole words; *exact*: the "
                  "reply is an accepted answer. *Lift*: (setting - closed-book) / (in-context - closed-book), on "
-                 f"contains. RAG: the BM25 top-{RAG_TOP_K} chunks of the whole collection in the prompt. "
+                 "contains. *Chunks applied*: the mean number of chunk adapters composed per question (a routed "
+                 "setting drops the chunks below the default `min_relevance`). RAG: the BM25 top-{RAG_TOP_K} chunks of the whole collection in the prompt. "
                  f"*All chunks*: every chunk of a {GROUP_SIZE}-article group concatenated.", ""]
         for name, settings in self.results.items():
             n = next(iter(settings.values()))["n"]
             lines += [f"### {name} ({n:.0f} questions, routing picks the right article "
                       f"{self.routing.get(name, 0.0):.2f} at top-1)", "",
-                      "| setting | contains | exact | lift |", "|---|---:|---:|---:|"]
+                      "| setting | contains | exact | lift | chunks applied |", "|---|---:|---:|---:|---:|"]
             cb, ic = settings["closed-book"]["contains"], settings["in-context"]["contains"]
             for setting, m in settings.items():
-                lines.append(f"| {setting} | {m['contains']:.2f} | {m['exact']:.2f} | {lift(m['contains'], cb, ic):.2f} |")
+                chunks = f"{m['chunks']:.2f}" if m.get("chunks") else "-"
+                lines.append(f"| {setting} | {m['contains']:.2f} | {m['exact']:.2f} | {lift(m['contains'], cb, ic):.2f} "
+                             f"| {chunks} |")
             types = self.by_type.get(name, {})
             if types:
                 cols = ["closed-book", "in-context", "internalized top-1"]
@@ -204,6 +207,7 @@ def evaluate_questions(hypernet: DocToLoRA, base: LoadedModel, questions: list[P
     position = {a.title: i for i, a in enumerate(articles)}
     coll = ProseCollection.build(hypernet, base, articles)
     hits: dict[str, list[tuple[bool, bool]]] = {}
+    applied: dict[str, list[int]] = {}  # chunks in each question's adapter
     typed: dict[str, dict[str, list[bool]]] = {}
     routed_right, replies = 0, []
     for q in tqdm(questions, desc="prose", disable=not progress):
@@ -237,11 +241,13 @@ def evaluate_questions(hypernet: DocToLoRA, base: LoadedModel, questions: list[P
             reply = reply_row[name]
             ok = (contains(reply, q.answers), exact_match(reply, q.answers))
             hits.setdefault(name, []).append(ok)
+            adapter = settings[name][1]
+            applied.setdefault(name, []).append(0 if adapter is None else int(adapter.metadata.get("n_chunks", 1)))
             typed.setdefault(q.type, {}).setdefault(name, []).append(ok[0])
         replies.append(reply_row)
     n = len(questions)
-    scores = {name: {"contains": sum(c for c, _ in v) / n, "exact": sum(e for _, e in v) / n, "n": float(n)}
-              for name, v in hits.items()}
+    scores = {name: {"contains": sum(c for c, _ in v) / n, "exact": sum(e for _, e in v) / n, "n": float(n),
+                     "chunks": sum(applied[name]) / n} for name, v in hits.items()}
     types = {t: {**{name: sum(v) / len(v) for name, v in s.items()}, "n": float(len(next(iter(s.values()))))}
              for t, s in typed.items()}
     return scores, types, routed_right / n, replies
