@@ -247,7 +247,7 @@ def test_compression_applies_to_the_routed_chunks(open_memory):
 def test_composed_adapters_are_reused_until_the_collection_changes(open_memory, hypernet, monkeypatch):
     composed = []
     original = hypernet.compose
-    monkeypatch.setattr(hypernet, "compose", lambda parts: composed.append(len(parts)) or original(parts))
+    monkeypatch.setattr(hypernet, "compose", lambda parts, **kw: composed.append(len(parts)) or original(parts, **kw))
     memory = open_memory(top_k=1, max_rank=4)
     memory.add_documents([(FACTS, "facts", None)])
     first = memory.adapter("Which volcano erupts in Sicily?")

@@ -199,6 +199,8 @@ class Composer:
 
     def _compose(self, chunks: list[ChunkRecord], task: str | None,
                  relevance: tuple[float, ...] | None) -> LoRAAdapter | None:
+        if self.hypernet.companion is None or len(chunks) < 2:
+            relevance = None  # it changes nothing then: one cache entry serves every question routed here
         key = (tuple(c.key for c in chunks), task, relevance)
         with self._lock:
             if key in self._composed:
