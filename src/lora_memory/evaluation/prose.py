@@ -154,7 +154,8 @@ class ProseReport:
                  "Greedy decoding. *contains*: an accepted answer occurs in the reply as whole words; *exact*: the "
                  "reply is an accepted answer. *Lift*: (setting - closed-book) / (in-context - closed-book), on "
                  "contains. *Chunks applied*: the mean number of chunk adapters composed per question (a routed "
-                 "setting drops the chunks below the default `min_relevance`). RAG: the BM25 top-{RAG_TOP_K} chunks of the whole collection in the prompt. "
+                 "setting drops the chunks below the default `min_relevance`). "
+                 f"RAG: the BM25 top-{RAG_TOP_K} chunks of the whole collection in the prompt. "
                  f"*All chunks*: every chunk of a {GROUP_SIZE}-article group concatenated.", ""]
         for name, settings in self.results.items():
             n = next(iter(settings.values()))["n"]
