@@ -199,7 +199,7 @@ class Composer:
 
     def _compose(self, chunks: list[ChunkRecord], task: str | None,
                  relevance: tuple[float, ...] | None) -> LoRAAdapter | None:
-        if self.hypernet.companion is None or len(chunks) < 2:
+        if not self.hypernet.weighs_by_relevance(len(chunks)):
             relevance = None  # it changes nothing then: one cache entry serves every question routed here
         key = (tuple(c.key for c in chunks), task, relevance)
         with self._lock:

@@ -34,7 +34,7 @@ from ..hypernet import DocToLoRA
 from ..hypernet.associative import AssociativeReader
 from ..training.d2l.prose import written_articles, written_questions
 from .answering import greedy_answers
-from .prose import ProseCollection, routed_compositions
+from .prose import ProseCollection, as_memory_applies
 from .scoring import contains
 
 TOP_KS = (1, 2, 4)
@@ -87,7 +87,7 @@ def evaluate_composition(hypernet: DocToLoRA, base: LoadedModel, articles: int =
                 settings[f"learned reader top-1, companion top-{k} weighted by relevance"] = hypernet.compose(
                     [coll.adapters[i] for i, _, _ in found], relevance=[r for _, _, r in found])
                 name = f"as LoRAMemory(top_k={k}) composes (relevance >= {DEFAULT_MIN_RELEVANCE}, weighted)"
-                settings[name] = routed_compositions(hypernet, coll, question, k, name)[name]
+                settings[name] = as_memory_applies(hypernet, coll, question, k)
                 settings[f"both parts, top-{k}, companion solved jointly"] = merge(
                     both[k], companion.joint_memory(base, [token_ids[i] for i in ranked[:k]]), theirs)
             for r in ranks:

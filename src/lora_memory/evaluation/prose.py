@@ -178,18 +178,25 @@ class ProseReport:
         return "\n".join(lines)
 
 
+def as_memory_applies(hypernet: DocToLoRA, coll: ProseCollection, question: str, k: int) -> LoRAAdapter | None:
+    """What ``LoRAMemory(top_k=k)`` applies to ``question``: the routed chunks whose relevance reaches the default
+    ``min_relevance``, composed with their relevance (:meth:`DocToLoRA.compose`); None (closed-book) when none does.
+    """
+    found, _ = coll.index.route(question, k, DEFAULT_MIN_RELEVANCE)
+    if not found:
+        return None
+    return hypernet.compose([coll.adapters[i] for i, _, _ in found], relevance=[r for _, _, r in found])
+
+
 def routed_compositions(hypernet: DocToLoRA, coll: ProseCollection, question: str, k: int,
                         name: str) -> dict[str, LoRAAdapter | None]:
     """Setting name -> adapter for ``question``'s top-``k`` routed chunks. ``name`` is what
-    ``LoRAMemory(top_k=k)`` applies: the chunks whose relevance reaches the default ``min_relevance`` (None,
-    closed-book, when none does), composed with their relevance (:meth:`DocToLoRA.compose`). For k > 1 and a
+    ``LoRAMemory(top_k=k)`` applies (:func:`as_memory_applies`). For k > 1 and a
     reader with a companion, two more settings show what each step does: ``"<name>, every chunk, unweighted"``
     (no threshold, no weights, the learned part of the best chunk only) and ``"<name>, both parts of all k"``
     (the runtime's composition before the fourteenth attempt).
     """
-    found, _ = coll.index.route(question, k, DEFAULT_MIN_RELEVANCE)
-    kept = [coll.adapters[i] for i, _, _ in found]
-    out = {name: hypernet.compose(kept, relevance=[r for _, _, r in found]) if kept else None}
+    out = {name: as_memory_applies(hypernet, coll, question, k)}
     if k > 1 and hypernet.companion is not None:
         every = [coll.adapters[i] for i in coll.top(question, k)]
         out[f"{name}, every chunk, unweighted"] = hypernet.compose(every, relevance=[1.0] * k)

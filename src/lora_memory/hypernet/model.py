@@ -235,6 +235,10 @@ class DocToLoRA(PretrainedHypernet):
             return frozenset()
         return frozenset(self.companion.config.module_name(layer) for layer in self.companion.config.layers)
 
+    def weighs_by_relevance(self, n_parts: int) -> bool:
+        """Whether :meth:`compose` of ``n_parts`` routed chunks depends on their relevance (a companion, 2+ chunks)."""
+        return self.companion is not None and n_parts > 1
+
     def compose(self, parts: list[LoRAAdapter], relevance: Sequence[float] | None = None) -> LoRAAdapter:
         """Chunk adapters -> the document's adapter (:func:`~lora_memory.adapter.compose`).
 
@@ -254,7 +258,7 @@ class DocToLoRA(PretrainedHypernet):
         metadata = {**self._metadata(), "n_chunks": len(parts)}
         if relevance is not None and len(relevance) != len(parts):
             raise ValueError(f"compose: {len(relevance)} relevance values for {len(parts)} chunks")
-        if relevance is not None and self.companion is not None and len(parts) > 1:
+        if relevance is not None and self.weighs_by_relevance(len(parts)):
             theirs = self.companion_modules  # the companion's bias adapter is zero: no shared term to dedupe
             best = relevance[0]
             scales = [1.0 if best <= 0 else min(1.0, max(0.0, r / best)) for r in relevance]
