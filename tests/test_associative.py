@@ -10,6 +10,7 @@ from lora_memory.errors import CorruptEntryError
 from lora_memory.evaluation.answer_positions import _fact_nats
 from lora_memory.hypernet import DocToLoRA, HypernetConfig
 from lora_memory.hypernet.associative import AssociativeReader
+from lora_memory.hypernet.encoding import chat_wrap_ids
 from lora_memory.training.d2l.associative import covariance_texts
 from lora_memory.training.d2l.prose import split_of_title, written_part
 from memory_support import open_tiny_memory
@@ -73,7 +74,9 @@ def test_it_saves_and_loads_through_doc_to_lora(reader, tiny_llama, tmp_path):
 
 def test_the_config_refuses_what_the_reader_cannot_do():
     with pytest.raises(ValueError, match="activation_keys"):
-        HypernetConfig(reader="associative")  # chat_wrap and dedupe_bias default on, keys off
+        HypernetConfig(reader="associative")  # dedupe_bias defaults on, keys off
+    with pytest.raises(ValueError, match="dedupe_bias"):
+        HypernetConfig(reader="associative", activation_keys=True, dedupe_bias=True)
     with pytest.raises(ValueError):
         HypernetConfig(reader="associative", activation_keys=True, chat_wrap=False, dedupe_bias=False,
                        associative_alpha=0.0)
@@ -158,3 +161,40 @@ def test_a_joint_memory_recalls_every_chunks_pairs_and_of_one_chunk_is_its_own_m
         torch.testing.assert_close(keys[0] @ joint.delta(name).T, 3.0 * embed[nxt].float(), atol=2e-2, rtol=2e-2)
     summed = reader.compose(reader.adapters_for_chunks(tiny_llama, chunks))
     assert not torch.allclose(joint.delta(name), summed.delta(name), atol=1e-3)  # not the concatenation
+
+
+def test_read_as_a_chat_turn_it_stores_every_token_keyed_by_the_wrapped_pass(tiny_llama):
+    """With chat_wrap the keys are the target module's inputs where the chunk sits inside a user turn: the turn
+    opener's last token keys the chunk's first token, and nothing of the template itself is stored.
+    """
+    reader = AssociativeReader.fit(tiny_llama, TEXTS, progress=False, target_layers=[2], max_chunk_tokens=64,
+                                   chat_wrap=True, associative_mu=1e-4, associative_alpha=3.0)
+    chunk = chunk_text(tiny_llama.tokenizer, "Kigali was founded in 1907.", 64)[0]
+    keys, stored = reader._pairs(tiny_llama, [chunk])[0]
+    assert stored.tolist() == chunk.token_ids and reader.n_pairs(len(chunk.token_ids)) == len(chunk.token_ids)
+    prefix, suffix = chat_wrap_ids(tiny_llama.tokenizer)
+    captured = []
+    module = tiny_llama.model.model.layers[2].mlp.down_proj
+    handle = module.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    try:
+        with torch.no_grad():
+            tiny_llama.model(torch.tensor([prefix + chunk.token_ids + suffix]))
+    finally:
+        handle.remove()
+    n, p = len(chunk.token_ids), len(prefix)
+    torch.testing.assert_close(keys[0], captured[0][0, p - 1: p - 1 + n].float())
+    adapter = reader.adapters_for_chunks(tiny_llama, [chunk])[0]
+    assert adapter.rank == n
+    recalled = keys[0] @ adapter.delta(reader.config.module_name(2)).T
+    expected = 3.0 * tiny_llama.model.get_output_embeddings().weight[stored].float()
+    torch.testing.assert_close(recalled, expected, atol=2e-2, rtol=2e-2)
+    chunks = [chunk_text(tiny_llama.tokenizer, t, 64)[0] for t in TEXTS]  # padding leaves each memory as alone
+    for one, alone in zip(reader.adapters_for_chunks(tiny_llama, chunks, batch_size=3), chunks, strict=True):
+        single = reader.adapters_for_chunks(tiny_llama, [alone])[0]
+        scale = single.delta(reader.config.module_name(2)).abs().max().item()
+        assert one.rank == single.rank == len(alone.token_ids)
+        torch.testing.assert_close(one.delta(reader.config.module_name(2)), single.delta(reader.config.module_name(2)),
+                                   atol=1e-3 * scale, rtol=1e-2)
+    joint = reader.joint_memory(tiny_llama, [chunk.token_ids])
+    torch.testing.assert_close(joint.delta(reader.config.module_name(2)), adapter.delta(reader.config.module_name(2)),
+                               atol=1e-4, rtol=1e-3)

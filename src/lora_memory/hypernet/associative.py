@@ -105,14 +105,20 @@ class AssociativeReader(DocToLoRA):
         return reader
 
     def _pairs(self, base: LoadedModel, chunks: list[Chunk]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per chunk: keys (L, T-1, d_in) at every position but the last, and the next tokens' ids (T-1,)."""
-        acts = self.encode(base, [c.token_ids for c in chunks]).acts
-        assert acts is not None  # the config requires activation_keys
+        """Per chunk: keys (L, P, d_in) and the ids (P,) of the token each key stores, P = :meth:`n_pairs`."""
+        encoded = self.encode(base, [c.token_ids for c in chunks])
+        assert encoded.acts is not None  # the config requires activation_keys
         out = []
         for i, chunk in enumerate(chunks):
-            n = len(chunk.token_ids)
-            out.append((acts[i, :, : n - 1].float(), torch.tensor(chunk.token_ids[1:n], device=acts.device)))
+            n = self.n_pairs(len(chunk.token_ids))
+            out.append((encoded.acts[i, :, :n].float(), torch.tensor(chunk.token_ids[-n:], device=encoded.acts.device)))
         return out
+
+    def n_pairs(self, n_tokens: int) -> int:
+        """How many (key, next token) pairs a chunk of ``n_tokens`` stores, its memory's rank: one per token but
+        the first read bare, one per token read as a chat turn (the turn opener's last token keys the first).
+        """
+        return n_tokens if self.config.chat_wrap else n_tokens - 1
 
     def _inverse_covariance(self) -> torch.Tensor:
         """``C^-1``, computed once per value of the covariance (its in-place version counter) and device."""
@@ -124,7 +130,7 @@ class AssociativeReader(DocToLoRA):
     def forward(self, states: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor | None = None,
                 embeddings: torch.Tensor | None = None, companion: EncodedChunks | None = None) -> LoRAAdapter:
         """Encoded chunks (:meth:`encode`, unpacked) -> a batched adapter: row i is chunk i's memory, its rank
-        the longest chunk's length - 1 (a shorter chunk's extra ranks are zero). Differentiable in the trained
+        :meth:`n_pairs` of the longest chunk (a shorter chunk's extra ranks are zero). Differentiable in the trained
         maps (``associative_map_rank``); the closed-form solve itself has no parameters. An associative reader
         has no companion, so ``companion`` is always None.
 
@@ -166,16 +172,17 @@ class AssociativeReader(DocToLoRA):
         """
         encoded = self.encode(base, token_ids)
         assert encoded.acts is not None and encoded.embeddings is not None  # the config requires both
-        keys = torch.cat([encoded.acts[i, :, : len(ids) - 1] for i, ids in enumerate(token_ids)], dim=1)
-        values = torch.cat([encoded.embeddings[i, 1: len(ids)] for i, ids in enumerate(token_ids)])
+        counts = [self.n_pairs(len(ids)) for ids in token_ids]
+        keys = torch.cat([encoded.acts[i, :, :n] for i, n in enumerate(counts)], dim=1)
+        values = torch.cat([encoded.embeddings[i, 1: n + 1] for i, n in enumerate(counts)])
         return self._memory(keys.float(), values.float())
 
     def trim(self, adapter: LoRAAdapter, n_tokens: int) -> LoRAAdapter:
-        """This reader's modules of a chunk's adapter cut to the chunk's own rank (its length - 1); other
+        """This reader's modules of a chunk's adapter cut to the chunk's own rank (:meth:`n_pairs`); other
         modules (a learned reader's, when this is its companion) as they are.
         """
         mine = {self.config.module_name(layer) for layer in self.config.layers}
-        n = n_tokens - 1
+        n = self.n_pairs(n_tokens)
         return LoRAAdapter({k: LoRAWeights(w.A[:n].contiguous(), w.B[:, :n].contiguous()) if k in mine else w
                             for k, w in adapter.weights.items()}, adapter.scaling, adapter.metadata)
 

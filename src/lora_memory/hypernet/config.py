@@ -97,9 +97,9 @@ class HypernetConfig(SavedConfig):
 
     @model_validator(mode="after")
     def _check(self) -> HypernetConfig:
-        if self.reader == "associative" and (not self.activation_keys or self.chat_wrap or self.dedupe_bias):
-            raise ValueError("the associative reader keys on the target modules' inputs over the bare chunk and has "
-                             "no bias: it needs activation_keys=true, chat_wrap=false and dedupe_bias=false")
+        if self.reader == "associative" and (not self.activation_keys or self.dedupe_bias):
+            raise ValueError("the associative reader keys on the target modules' inputs and has no bias: it needs "
+                             "activation_keys=true and dedupe_bias=false")
         if self.companion is not None:
             self._check_companion(self.companion)
         if self.activation_keys and self.trunk != "pooling":

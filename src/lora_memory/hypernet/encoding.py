@@ -111,5 +111,16 @@ def encode_chunks(base: LoadedModel, token_ids: list[list[int]], config: Hyperne
             h.remove()
     states = torch.stack([captured[i] for i in needed], dim=1)  # (N, S, T, H)
     keys = torch.stack([acts[i] for i in config.layers], dim=1) if config.activation_keys else None
-    embeddings = base.model.get_output_embeddings().weight[ids] if config.reader == "associative" else None
+    if config.reader != "associative":
+        return EncodedChunks(states, mask, keys)
+    embeddings = base.model.get_output_embeddings().weight[ids]
+    if config.chat_wrap:  # an associative reader keeps the chunk's window only: the turn opener's last token, then the chunk
+        if not prefix:
+            raise ValueError("this tokenizer's chat template puts nothing before a user message: use chat_wrap=false")
+        start, width = len(prefix) - 1, max(len(t) for t in token_ids) + 1
+        window = slice(start, start + width)
+        lengths = torch.tensor([len(t) for t in token_ids], device=ids.device)
+        mask = torch.arange(width, device=ids.device)[None, :] <= lengths[:, None]
+        states, embeddings = states[:, :, window], embeddings[:, window]
+        keys = keys[:, :, window] if keys is not None else None
     return EncodedChunks(states, mask, keys, embeddings)

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mu", type=float, default=None, help="Covariance weight (default: HypernetConfig's).")
     parser.add_argument("--map-rank", type=int, default=None,
                         help="Rank of the trained query map (with a value map); 0: the closed form alone.")
+    parser.add_argument("--chat-wrap", action="store_true",
+                        help="Read each chunk as a user's chat message (as the learned reader does), not bare.")
     parser.add_argument("--base-model", default="embedded")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=None)
@@ -45,13 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     base = load_base_model(args.base_model, dtype=args.dtype)
-    overrides: dict[str, Any] = {"target_layers": [int(x) for x in args.layers.split(",")]}
+    overrides: dict[str, Any] = {"target_layers": [int(x) for x in args.layers.split(",")], "chat_wrap": args.chat_wrap}
     overrides.update({k: v for k, v in (("associative_alpha", args.alpha), ("associative_mu", args.mu),
                                         ("associative_map_rank", args.map_rank)) if v is not None})
     reader = AssociativeReader.fit(base, covariance_texts(args.articles), **overrides)
     reader.save_pretrained(args.out)
     print(f"saved {reader.kind} ({reader.config.layers}, alpha {reader.config.associative_alpha}, "
-          f"mu {reader.config.associative_mu}) to {args.out}")
+          f"mu {reader.config.associative_mu}, chat_wrap {reader.config.chat_wrap}) to {args.out}")
     return 0
 
 
