@@ -154,3 +154,31 @@ def test_the_memory_composes_routed_chunks_that_way_and_every_chunk_the_plain_wa
     _close(routed.delta(mine), expected.delta(mine))  # both chunks' memories, the second weighed by relevance
     assert routed.weights[mine].rank == every.weights[mine].rank - 1  # (every: plus the zero bias correction)
     assert routed.weights[learned].rank == 8 and every.weights[learned].rank == 2 * 8 + 8  # best chunk's part only
+
+
+def test_a_companion_that_reads_the_chat_turn_shares_the_learned_readers_pass(tiny_llama):
+    """Both parts read the chunk wrapped as a user turn: one pass of the base model serves both, and each part
+    still writes exactly what it writes alone.
+    """
+    learned = _learned(tiny_llama)
+    assert learned.config.chat_wrap
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        reader = AssociativeReader.fit(tiny_llama, TEXTS, progress=False, target_layers=[2], max_chunk_tokens=64,
+                                       chat_wrap=True)
+    both = _learned(tiny_llama).add_companion(reader)
+    chunks = [chunk_text(tiny_llama.tokenizer, t, 64)[0] for t in TEXTS]
+    alone_l, alone_r = learned.adapters_for_chunks(tiny_llama, chunks), reader.adapters_for_chunks(tiny_llama, chunks)
+    passes = []
+    handle = tiny_llama.model.model.embed_tokens.register_forward_hook(lambda *args: passes.append(1))
+    try:
+        together = both.adapters_for_chunks(tiny_llama, chunks)
+    finally:
+        handle.remove()
+    assert len(passes) == 1
+    mine = reader.config.module_name(2)
+    for chunk, a, l, r in zip(chunks, together, alone_l, alone_r, strict=True):
+        assert a.weights[mine].rank == len(chunk.token_ids)  # read as a turn: every token of the chunk is stored
+        for name in l.weights:
+            _close(a.delta(name), l.delta(name))
+        _close(a.delta(mine), r.delta(mine))

@@ -67,22 +67,37 @@ def encode_chunks(base: LoadedModel, token_ids: list[list[int]], config: Hyperne
     real ones (causal attention) and are masked for the hypernetwork. The pass
     stops once every needed activation is captured.
     """
-    prefix, suffix = chat_wrap_ids(base.tokenizer) if config.chat_wrap else ([], [])
+    return encode_for_readers(base, token_ids, [config])[0]
+
+
+def encode_for_readers(base: LoadedModel, token_ids: list[list[int]],
+                       configs: list[HypernetConfig]) -> list[EncodedChunks]:
+    """What each of several readers reads from the same chunks (:func:`encode_chunks` for each), from one pass of
+    the base model as deep as the deepest of them needs: a learned reader and a companion that both read the
+    chunk as a chat turn share it.
+
+    Raises:
+        ValueError: the readers read the chunk differently (``chat_wrap``), so no pass serves them all.
+    """
+    if len({c.chat_wrap for c in configs}) != 1:
+        raise ValueError("one pass serves readers that all wrap the chunk, or all read it bare")
+    prefix, suffix = chat_wrap_ids(base.tokenizer) if configs[0].chat_wrap else ([], [])
     rows = [prefix + list(ids) + suffix for ids in token_ids]
     ids, mask = pad_batch(rows, base.tokenizer.pad_token_id or 0, mask_dtype=torch.bool)
     ids, mask = ids.to(base.device), mask.to(base.device)
 
-    needed = [config.input_layer] if config.input_layer is not None else config.layers
     _, stack = decoder_layers(base.model)
+    needed = {i for c in configs for i in ([c.input_layer] if c.input_layer is not None else c.layers)}
+    act_sites = {(c.target_module, i) for c in configs if c.activation_keys for i in c.layers}
     full_pass = max(needed) >= len(stack)  # the final layer's output is not any layer's input
     captured: dict[int, torch.Tensor] = {}
-    acts: dict[int, torch.Tensor] = {}
-    n_hooked = sum(i < len(stack) for i in needed) + (len(config.layers) if config.activation_keys else 0)
+    acts: dict[tuple[str, int], torch.Tensor] = {}
+    n_hooked = sum(i < len(stack) for i in needed) + len(act_sites)
     handles = []
 
-    def make_hook(store: dict[int, torch.Tensor], i: int) -> Callable[..., None]:
+    def make_hook(store: dict[Any, torch.Tensor], key: Any) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            store[i] = args[0] if args else kwargs["hidden_states"]
+            store[key] = args[0] if args else kwargs["hidden_states"]
             if not full_pass and len(captured) + len(acts) == n_hooked:
                 raise _StopForward
 
@@ -91,10 +106,9 @@ def encode_chunks(base: LoadedModel, token_ids: list[list[int]], config: Hyperne
     for i in needed:
         if i < len(stack):
             handles.append(stack[i].register_forward_pre_hook(make_hook(captured, i), with_kwargs=True))
-    if config.activation_keys:
-        for i in config.layers:
-            module = stack[i].get_submodule(config.target_module)
-            handles.append(module.register_forward_pre_hook(make_hook(acts, i), with_kwargs=True))
+    for name, i in act_sites:
+        module = stack[i].get_submodule(name)
+        handles.append(module.register_forward_pre_hook(make_hook(acts, (name, i)), with_kwargs=True))
     try:
         with torch.no_grad():
             try:
@@ -109,15 +123,24 @@ def encode_chunks(base: LoadedModel, token_ids: list[list[int]], config: Hyperne
     finally:
         for h in handles:
             h.remove()
+    return [_reading(base, token_ids, c, ids, mask, captured, acts, len(prefix)) for c in configs]
+
+
+def _reading(base: LoadedModel, token_ids: list[list[int]], config: HypernetConfig, ids: torch.Tensor,
+             mask: torch.Tensor, captured: dict[int, torch.Tensor], acts: dict[tuple[str, int], torch.Tensor],
+             n_prefix: int) -> EncodedChunks:
+    """One reader's :class:`EncodedChunks` out of a pass's captured activations."""
+    needed = [config.input_layer] if config.input_layer is not None else config.layers
     states = torch.stack([captured[i] for i in needed], dim=1)  # (N, S, T, H)
-    keys = torch.stack([acts[i] for i in config.layers], dim=1) if config.activation_keys else None
+    keys = (torch.stack([acts[(config.target_module, i)] for i in config.layers], dim=1)
+            if config.activation_keys else None)
     if config.reader != "associative":
         return EncodedChunks(states, mask, keys)
     embeddings = base.model.get_output_embeddings().weight[ids]
     if config.chat_wrap:  # an associative reader keeps the chunk's window only: the turn opener's last token, then the chunk
-        if not prefix:
+        if not n_prefix:
             raise ValueError("this tokenizer's chat template puts nothing before a user message: use chat_wrap=false")
-        start, width = len(prefix) - 1, max(len(t) for t in token_ids) + 1
+        start, width = n_prefix - 1, max(len(t) for t in token_ids) + 1
         window = slice(start, start + width)
         lengths = torch.tensor([len(t) for t in token_ids], device=ids.device)
         mask = torch.arange(width, device=ids.device)[None, :] <= lengths[:, None]

@@ -25,7 +25,7 @@ from ..base import LoadedModel
 from ..chunking import Chunk, chunk_text
 from ..errors import IncompatibleAdapterError
 from .config import HypernetConfig
-from .encoding import EncodedChunks, encode_chunks
+from .encoding import EncodedChunks, encode_chunks, encode_for_readers
 from .heads import LoRAHeads
 from .pretrained import PretrainedHypernet
 from .targets import decoder_layers, find_targets
@@ -176,10 +176,13 @@ class DocToLoRA(PretrainedHypernet):
         as token ids, the companion's reading included; ``self(*encoded)`` turns it into adapters.
         """
         self.check_base(base)
-        encoded = encode_chunks(base, token_ids, self.config)
-        if self.companion is not None:
-            encoded = encoded._replace(companion=self.companion.encode(base, token_ids))
-        return encoded
+        if self.companion is None:
+            return encode_chunks(base, token_ids, self.config)
+        if self.companion.config.chat_wrap == self.config.chat_wrap:  # both read the same rows: one pass serves both
+            own, theirs = encode_for_readers(base, token_ids, [self.config, self.companion.config])
+        else:
+            own, theirs = encode_chunks(base, token_ids, self.config), self.companion.encode(base, token_ids)
+        return own._replace(companion=theirs)
 
     def adapters_for_chunks(self, base: LoadedModel, chunks: list[Chunk], batch_size: int = 8,
                             progress: bool = False) -> list[LoRAAdapter]:
